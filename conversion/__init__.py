@@ -1,0 +1,1 @@
+"""conversion: see the issue tracker; filled in by later work."""

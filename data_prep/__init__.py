@@ -1,0 +1,1 @@
+"""data_prep: see the issue tracker; filled in by later work."""

@@ -1,0 +1,261 @@
+"""The one place that knows gpt-oss's architecture.
+
+Every number about gpt-oss-20b / gpt-oss-120b lives here (taken from the public HF config.json
+files); recipes, conversion, data prep and the planner read it, and the HF configs the kit needs
+are generated from it rather than downloaded, so nothing needs the hub.
+
+`tiny` is the same architecture shrunk for CPU tests: non-square widths (hidden 96 != q width 64,
+expert FFN 80 != hidden) so that a transposed or swapped tensor cannot hide behind a square shape,
+2 layers so both sliding and full attention appear, 4 experts with top-2, sinks and YaRN, and the
+real 201,088-entry vocabulary so that every model in the kit speaks the real tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+# o200k_harmony, padded (see gptoss.tokenizer). Shared by every variant, tiny included.
+VOCAB_SIZE = 201_088
+
+
+@dataclass(frozen=True)
+class GptOssArch:
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    num_experts: int
+    experts_per_token: int
+    expert_ffn_hidden_size: int
+    vocab_size: int = VOCAB_SIZE
+    max_position_embeddings: int = 131_072
+    initial_context_length: int = 4096
+    sliding_window: int = 128
+    rope_theta: float = 150_000.0
+    yarn_factor: float = 32.0
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    rms_norm_eps: float = 1e-5
+    router_aux_loss_coef: float = 0.9
+    # HF hub id of the released weights (documentation and defaults only; never fetched in tests).
+    hf_id: str | None = None
+
+    # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def q_width(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    def layer_types(self) -> list[str]:
+        """Layer 0 is sliding, then alternating (HF `layer_types`)."""
+        return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(self.num_layers)]
+
+    @property
+    def num_sliding_layers(self) -> int:
+        return (self.num_layers + 1) // 2
+
+    @property
+    def num_full_layers(self) -> int:
+        return self.num_layers // 2
+
+    # ---- parameter counts (exact, as Megatron / HF count them) --------------------------------
+    def attention_params_per_layer(self) -> int:
+        h, q, kv = self.hidden_size, self.q_width, self.kv_width
+        qkv = h * (q + 2 * kv) + (q + 2 * kv)  # weights + biases
+        proj = q * h + h
+        sinks = self.num_attention_heads
+        return qkv + proj + sinks
+
+    def norm_params_per_layer(self) -> int:
+        return 2 * self.hidden_size
+
+    def router_params_per_layer(self) -> int:
+        return self.hidden_size * self.num_experts + self.num_experts
+
+    def params_per_expert(self) -> int:
+        h, f = self.hidden_size, self.expert_ffn_hidden_size
+        fc1 = h * 2 * f + 2 * f  # gate and up, with bias
+        fc2 = f * h + h
+        return fc1 + fc2
+
+    def expert_params_per_layer(self) -> int:
+        return self.num_experts * self.params_per_expert()
+
+    def dense_params_per_layer(self) -> int:
+        """Everything in a layer that is not an expert (replicated across expert parallelism)."""
+        return self.attention_params_per_layer() + self.norm_params_per_layer() + self.router_params_per_layer()
+
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def output_params(self) -> int:
+        """Untied LM head plus the final norm."""
+        return self.vocab_size * self.hidden_size + self.hidden_size
+
+    def total_params(self) -> int:
+        per_layer = self.dense_params_per_layer() + self.expert_params_per_layer()
+        return self.num_layers * per_layer + self.embedding_params() + self.output_params()
+
+    def active_params(self) -> int:
+        """Parameters a token goes through (top-k experts), counted as the model card does: the
+        embedding lookup excluded, the LM head included (3.61B for 20b, 5.13B for 120b)."""
+        per_layer = self.dense_params_per_layer() + self.experts_per_token * self.params_per_expert()
+        return self.num_layers * per_layer + self.output_params()
+
+    def active_matmul_params(self) -> int:
+        """Weights of the matmuls one token goes through (no biases, norms, sinks or embedding lookup)."""
+        h, q, kv, f = self.hidden_size, self.q_width, self.kv_width, self.expert_ffn_hidden_size
+        per_layer = h * (q + 2 * kv) + q * h + h * self.num_experts + self.experts_per_token * (h * 2 * f + f * h)
+        return self.num_layers * per_layer + self.vocab_size * h
+
+    def train_flops_per_token(self, seq_length: int) -> float:
+        """Model FLOPs per trained token (forward + backward): 6 x matmul params plus attention.
+
+        Attention (QK^T and AV, x3 for training) sees on average seq/2 keys in a causal full layer
+        and at most `sliding_window` keys in a sliding layer.
+        """
+        matmul = 6.0 * self.active_matmul_params()
+        ctx_full = seq_length / 2
+        ctx_sliding = min(self.sliding_window, seq_length / 2)
+        attn = 12.0 * self.q_width * (self.num_full_layers * ctx_full + self.num_sliding_layers * ctx_sliding)
+        return matmul + attn
+
+    # ---- the HF config, generated ---------------------------------------------------------
+    def hf_config_dict(self) -> dict[str, Any]:
+        """The config.json of the HF checkpoint (transformers' GptOssConfig keys)."""
+        return {
+            "architectures": ["GptOssForCausalLM"],
+            "model_type": "gpt_oss",
+            "attention_bias": True,
+            "attention_dropout": 0.0,
+            "eos_token_id": 200002,
+            "pad_token_id": 199999,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "initial_context_length": self.initial_context_length,
+            "initializer_range": 0.02,
+            "intermediate_size": self.expert_ffn_hidden_size,
+            "layer_types": self.layer_types(),
+            "max_position_embeddings": self.max_position_embeddings,
+            "num_attention_heads": self.num_attention_heads,
+            "num_experts_per_tok": self.experts_per_token,
+            "num_hidden_layers": self.num_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "num_local_experts": self.num_experts,
+            "output_router_logits": False,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": {
+                "beta_fast": self.yarn_beta_fast,
+                "beta_slow": self.yarn_beta_slow,
+                "factor": self.yarn_factor,
+                "original_max_position_embeddings": self.initial_context_length,
+                "rope_type": "yarn",
+                "truncate": False,
+            },
+            "rope_theta": self.rope_theta,
+            "router_aux_loss_coef": self.router_aux_loss_coef,
+            "sliding_window": self.sliding_window,
+            "swiglu_limit": self.swiglu_limit,
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "vocab_size": self.vocab_size,
+        }
+
+    def hf_config(self):  # -> transformers.GptOssConfig (import kept lazy: transformers is slow)
+        from transformers import GptOssConfig
+
+        cfg = self.hf_config_dict()
+        cfg.pop("architectures")
+        cfg.pop("model_type")
+        config = GptOssConfig(**cfg)
+        config.architectures = ["GptOssForCausalLM"]
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+GPT_OSS_20B = GptOssArch(
+    name="20b",
+    num_layers=24,
+    hidden_size=2880,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    head_dim=64,
+    num_experts=32,
+    experts_per_token=4,
+    expert_ffn_hidden_size=2880,
+    hf_id="openai/gpt-oss-20b",
+)
+
+GPT_OSS_120B = replace(GPT_OSS_20B, name="120b", num_layers=36, num_experts=128, hf_id="openai/gpt-oss-120b")
+
+TINY = GptOssArch(
+    name="tiny",
+    num_layers=2,
+    hidden_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    num_experts=4,
+    experts_per_token=2,
+    expert_ffn_hidden_size=80,
+    max_position_embeddings=4096,
+    initial_context_length=128,
+    sliding_window=8,
+    yarn_factor=32.0,
+)
+
+ARCHS: dict[str, GptOssArch] = {a.name: a for a in (TINY, GPT_OSS_20B, GPT_OSS_120B)}
+
+
+def get_arch(name: str) -> GptOssArch:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown gpt-oss size {name!r}; choose one of {sorted(ARCHS)}") from None
+
+
+def arch_from_hf_config(config: dict[str, Any]) -> GptOssArch:
+    """Match an HF config.json (as a dict) to a known variant, or build one with its numbers.
+
+    Raises ValueError naming the field when the config is not gpt-oss.
+    """
+    if config.get("model_type") != "gpt_oss":
+        raise ValueError(f"not a gpt-oss config: model_type={config.get('model_type')!r} (expected 'gpt_oss')")
+    rope = config.get("rope_scaling") or {}
+    arch = GptOssArch(
+        name="custom",
+        num_layers=config["num_hidden_layers"],
+        hidden_size=config["hidden_size"],
+        num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config["num_key_value_heads"],
+        head_dim=config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]),
+        num_experts=config["num_local_experts"],
+        experts_per_token=config["num_experts_per_tok"],
+        expert_ffn_hidden_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"],
+        max_position_embeddings=config["max_position_embeddings"],
+        initial_context_length=config.get("initial_context_length", rope.get("original_max_position_embeddings", 4096)),
+        sliding_window=config["sliding_window"],
+        rope_theta=config["rope_theta"],
+        yarn_factor=rope.get("factor", 32.0),
+        yarn_beta_fast=rope.get("beta_fast", 32.0),
+        yarn_beta_slow=rope.get("beta_slow", 1.0),
+        swiglu_limit=config.get("swiglu_limit", 7.0),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+        router_aux_loss_coef=config.get("router_aux_loss_coef", 0.9),
+    )
+    for known in ARCHS.values():
+        if replace(known, name="custom", hf_id=None) == arch:
+            return known
+    return arch

@@ -1,0 +1,1 @@
+"""inference: see the issue tracker; filled in by later work."""

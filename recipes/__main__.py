@@ -1,0 +1,112 @@
+"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G [key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+
+
+def _config_dict(cfg) -> dict:
+    from gptoss.secrets import redact
+
+    return redact(cfg.to_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recipes", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the recipes and their default allocation")
+    show = sub.add_parser("show", help="print a recipe's resolved config")
+    show.add_argument("recipe")
+    show.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
+    show.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    show.add_argument("--resources", action="store_true", help="print only the default nodes and GPUs per node")
+    pl = sub.add_parser("plan", help="check a layout against an allocation before queueing")
+    pl.add_argument("recipe")
+    pl.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
+    pl.add_argument("--nodes", type=int, help="default: the recipe's")
+    pl.add_argument("--gpus-per-node", type=int, help="default: the recipe's")
+    pl.add_argument("--gpu", default="h100", help="h100 | h200 | a100 | b200 (default h100)")
+    pl.add_argument("--tokens", type=float, help="token budget, e.g. 200e9: prints steps and GPU-hours")
+    pl.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilisation (default 0.12)")
+    pl.add_argument("--tokens-per-gpu-s", type=float, help="assumed throughput instead of --mfu")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    # key=value overrides may come before or after the options
+    args, extra = ap.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+
+    import recipes
+
+    if args.cmd == "list":
+        width = max(len(n) for n in recipes.RECIPES)
+        for r in recipes.RECIPES.values():
+            print(f"{r.name:<{width}}  {r.nodes}x{r.gpus_per_node:<2} {r.summary}")
+        return 0
+
+    warnings.filterwarnings("ignore")
+    try:
+        recipe = recipes.get(args.recipe)
+        # Megatron's import sets up logging on stdout: keep stdout for our output alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            cfg = recipes.build(args.recipe, args.overrides)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+    if args.cmd == "show":
+        if args.resources:
+            print(f"{recipe.nodes} {recipe.gpus_per_node}")
+            return 0
+        data = _config_dict(cfg)
+        if args.format == "json":
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+        return 0
+
+    from recipes.planner import DEFAULT_MFU, plan
+
+    try:
+        p = plan(
+            cfg,
+            recipe=args.recipe,
+            nodes=args.nodes or recipe.nodes,
+            gpus_per_node=args.gpus_per_node or recipe.gpus_per_node,
+            gpu=args.gpu,
+            tokens=args.tokens,
+            mfu=args.mfu or DEFAULT_MFU,
+            tokens_per_gpu_s=args.tokens_per_gpu_s,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": p.ok,
+                    "layout": p.layout,
+                    "violations": p.violations,
+                    "params": p.params,
+                    "memory_gib": p.memory_gib,
+                    "throughput": p.throughput,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(p.render())
+    return 0 if p.ok else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
