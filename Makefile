@@ -19,8 +19,7 @@ test: setup
 	$(PY) -m pytest tests -q
 
 demo: setup
-	$(PY) -m recipes list
-	$(PY) -m recipes plan gpt_oss_20b_cpt_code --tokens 200e9
+	bash scripts/demo.sh
 
 lint: setup
 	$(PY) -m ruff check .

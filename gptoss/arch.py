@@ -5,7 +5,7 @@ files); recipes, conversion, data prep and the planner read it, and the HF confi
 are generated from it rather than downloaded, so nothing needs the hub.
 
 `tiny` is the same architecture shrunk for CPU tests: non-square widths (hidden 96 != q width 64,
-expert FFN 80 != hidden) so that a transposed or swapped tensor cannot hide behind a square shape,
+expert FFN 64 != hidden) so that a transposed or swapped tensor cannot hide behind a square shape,
 2 layers so both sliding and full attention appear, 4 experts with top-2, sinks and YaRN, and the
 real 201,088-entry vocabulary so that every model in the kit speaks the real tokenizer.
 """
@@ -180,6 +180,21 @@ class GptOssArch:
         config.architectures = ["GptOssForCausalLM"]
         return config
 
+    def megatron_fields(self) -> dict[str, Any]:
+        """Provider fields that megatron-bridge's gpt-oss bridge hard-codes for the released sizes
+        (YaRN, window, clamp) whatever the HF config says: right for 20b/120b, wrong for any other
+        config (tiny's original context is 128), so every provider the kit builds gets these."""
+        return {
+            "window_size": (self.sliding_window - 1, 0),
+            "rotary_base": self.rope_theta,
+            "yarn_rotary_scaling_factor": self.yarn_factor,
+            "yarn_original_max_position_embeddings": self.initial_context_length,
+            "yarn_beta_fast": self.yarn_beta_fast,
+            "yarn_beta_slow": self.yarn_beta_slow,
+            "activation_func_clamp_value": self.swiglu_limit,
+            "layernorm_epsilon": self.rms_norm_eps,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -208,7 +223,7 @@ TINY = GptOssArch(
     head_dim=16,
     num_experts=4,
     experts_per_token=2,
-    expert_ffn_hidden_size=80,
+    expert_ffn_hidden_size=64,  # a multiple of 32, so a tiny MXFP4 checkpoint exists
     max_position_embeddings=4096,
     initial_context_length=128,
     sliding_window=8,
@@ -232,7 +247,8 @@ def arch_from_hf_config(config: dict[str, Any]) -> GptOssArch:
     """
     if config.get("model_type") != "gpt_oss":
         raise ValueError(f"not a gpt-oss config: model_type={config.get('model_type')!r} (expected 'gpt_oss')")
-    rope = config.get("rope_scaling") or {}
+    # transformers >= 5 writes `rope_parameters` (rope_theta inside) instead of rope_scaling + rope_theta
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     arch = GptOssArch(
         name="custom",
         num_layers=config["num_hidden_layers"],
@@ -247,7 +263,7 @@ def arch_from_hf_config(config: dict[str, Any]) -> GptOssArch:
         max_position_embeddings=config["max_position_embeddings"],
         initial_context_length=config.get("initial_context_length", rope.get("original_max_position_embeddings", 4096)),
         sliding_window=config["sliding_window"],
-        rope_theta=config["rope_theta"],
+        rope_theta=config.get("rope_theta", rope.get("rope_theta", 150_000.0)),
         yarn_factor=rope.get("factor", 32.0),
         yarn_beta_fast=rope.get("beta_fast", 32.0),
         yarn_beta_slow=rope.get("beta_slow", 1.0),

@@ -1,12 +1,17 @@
-"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G [key=value ...]"""
+"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G | run RECIPE [key=value ...]"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
+
+# Without a GPU, Megatron's torch.compile'd fusions would target CUDA: run them eagerly.
+if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 
 def _config_dict(cfg) -> dict:
@@ -24,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
     show.add_argument("--format", choices=["yaml", "json"], default="yaml")
     show.add_argument("--resources", action="store_true", help="print only the default nodes and GPUs per node")
+    rn = sub.add_parser("run", help="train: the entry point every SLURM script calls")
+    rn.add_argument("recipe")
+    rn.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
     pl = sub.add_parser("plan", help="check a layout against an allocation before queueing")
     pl.add_argument("recipe")
     pl.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
@@ -51,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     warnings.filterwarnings("ignore")
+    if args.cmd == "run":
+        from recipes.run import run
+
+        return run(args.recipe, args.overrides)
     try:
         recipe = recipes.get(args.recipe)
         # Megatron's import sets up logging on stdout: keep stdout for our output alone.

@@ -18,6 +18,7 @@ import torch
 from gptoss import workspace
 from gptoss.arch import GPT_OSS_20B, GPT_OSS_120B, TINY, GptOssArch
 from gptoss.compat import import_bridge
+from gptoss.cpu import make_cpu_friendly
 from gptoss.tokenizer import hf_tokenizer_dir
 
 import_bridge()
@@ -25,7 +26,6 @@ import_bridge()
 from megatron.bridge import AutoBridge  # noqa: E402
 from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetConfig  # noqa: E402
 from megatron.bridge.data.packing import PackedSequenceSpecs  # noqa: E402
-from megatron.bridge.models.gpt_provider import local_layer_spec  # noqa: E402
 from megatron.bridge.peft.lora import LoRA  # noqa: E402
 from megatron.bridge.recipes.common import _peft_common, _pretrain_common, _sft_common  # noqa: E402
 from megatron.bridge.training.config import ConfigContainer  # noqa: E402
@@ -51,6 +51,8 @@ class Layout:
 
 def _model(arch: GptOssArch, layout: Layout, seq_length: int):
     model = AutoBridge.from_hf_config(arch.hf_config()).to_megatron_provider(load_weights=False)
+    for name, value in arch.megatron_fields().items():
+        setattr(model, name, value)
     model.seq_length = seq_length
     model.vocab_size = arch.vocab_size  # the real, unpadded 201,088: matches every gpt-oss checkpoint
     model.tensor_model_parallel_size = layout.tp
@@ -70,7 +72,7 @@ def _model(arch: GptOssArch, layout: Layout, seq_length: int):
     model.moe_shared_expert_overlap = False
     model.moe_router_force_load_balancing = False
     if arch is TINY:
-        _cpu_friendly(model)
+        make_cpu_friendly(model)  # fp32, local spec with CPU-safe classes; inert where CUDA exists
     else:
         model.transformer_impl = "transformer_engine"
         model.moe_token_dispatcher_type = "alltoall"
@@ -81,28 +83,6 @@ def _model(arch: GptOssArch, layout: Layout, seq_length: int):
         model.cross_entropy_fusion_impl = "native"
         model.moe_router_padding_for_fp8 = False
     return model
-
-
-def _cpu_friendly(model) -> None:
-    """The tiny model runs on one CPU process: fp32, no fused/TE kernels (see megatron-on-cpu notes)."""
-    model.transformer_impl = "local"
-    model.transformer_layer_spec = local_layer_spec
-    model.params_dtype = torch.float32
-    model.pipeline_dtype = torch.float32
-    model.bf16 = False
-    model.fp16 = False
-    model.use_cpu_initialization = True
-    model.moe_grouped_gemm = False
-    model.moe_token_dispatcher_type = "allgather"
-    model.moe_permute_fusion = False
-    model.moe_router_fusion = False
-    model.bias_activation_fusion = False
-    model.bias_dropout_fusion = False
-    model.masked_softmax_fusion = False
-    model.apply_rope_fusion = False
-    model.gradient_accumulation_fusion = False
-    model.cross_entropy_loss_fusion = False
-    model.persist_layer_norm = False
 
 
 def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: int, iters: int) -> ConfigContainer:
@@ -121,6 +101,7 @@ def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: 
     cfg.optimizer.use_precision_aware_optimizer = False
     for name in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
         setattr(cfg.optimizer, name, torch.float32)
+    cfg.ddp.average_in_collective = False  # required with calculate_per_token_loss
     if arch is TINY:
         cfg.mixed_precision = None
         cfg.optimizer.bf16 = False
@@ -135,21 +116,28 @@ def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: 
         cfg.validation.eval_interval = max(iters, 1)
         cfg.checkpoint.save_interval = max(iters, 1)
         cfg.logger.log_interval = 1
+        if hasattr(cfg.dataset, "split"):
+            cfg.dataset.split = "90,5,5"  # a small corpus must still give every split documents
     else:
         cfg.ddp.use_distributed_optimizer = True
         cfg.ddp.grad_reduce_in_fp32 = True
         cfg.ddp.check_for_nan_in_grad = True
-        cfg.ddp.average_in_collective = False  # required with calculate_per_token_loss
     return cfg
 
 
 def _sft_dataset(dataset: str, seq_length: int) -> GPTSFTDatasetConfig:
     """Packed harmony conversations prepared by `python -m data_prep sft` under data/<dataset>."""
+    specs = PackedSequenceSpecs(packed_sequence_size=seq_length)
+    packed = workspace.data_dir(dataset) / "packed"
+    # The files data_prep writes; set after construction because the specs check that paths exist.
+    specs.packed_train_data_path = str(packed / f"training_{seq_length}.idx.parquet")
+    specs.packed_val_data_path = str(packed / f"validation_{seq_length}.idx.parquet")
+    specs.packed_metadata_path = packed / f"{seq_length}_metadata.jsonl"
     return GPTSFTDatasetConfig(
         seq_length=seq_length,
         dataset_root=str(workspace.data_dir(dataset)),
         enable_offline_packing=True,
-        offline_packing_specs=PackedSequenceSpecs(packed_sequence_size=seq_length),
+        offline_packing_specs=specs,
         dataset_kwargs={"pad_to_max_length": True},
         num_workers=1,
     )
@@ -333,7 +321,7 @@ def gpt_oss_120b_lora() -> ConfigContainer:
 
 
 # The tiny family: the same four bases, on one CPU process, in seconds.
-_TINY = dict(seq_length=128, gbs=4, mbs=2, iters=20)
+_TINY = dict(seq_length=128, gbs=2, mbs=2, iters=20)
 
 
 def gpt_oss_tiny_pretrain() -> ConfigContainer:

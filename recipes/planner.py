@@ -97,8 +97,11 @@ class Plan:
 
 
 def arch_of(model) -> GptOssArch:
-    """The architecture numbers of a (possibly overridden) model provider."""
-    return GptOssArch(
+    """The architecture of a (possibly overridden) model provider: the inverse of
+    GptOssArch.megatron_fields, matched to a named variant when it is one."""
+    from gptoss.arch import arch_from_hf_config
+
+    arch = GptOssArch(
         name="recipe",
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -110,8 +113,27 @@ def arch_of(model) -> GptOssArch:
         expert_ffn_hidden_size=model.moe_ffn_hidden_size,
         vocab_size=model.vocab_size,
         sliding_window=(model.window_size[0] + 1) if model.window_size else model.seq_length,
-        max_position_embeddings=model.max_position_embeddings if hasattr(model, "max_position_embeddings") else 131072,
+        initial_context_length=model.yarn_original_max_position_embeddings,
+        rope_theta=model.rotary_base,
+        yarn_factor=model.yarn_rotary_scaling_factor,
+        yarn_beta_fast=model.yarn_beta_fast,
+        yarn_beta_slow=model.yarn_beta_slow,
+        swiglu_limit=model.activation_func_clamp_value,
+        rms_norm_eps=model.layernorm_epsilon,
     )
+    # the provider does not keep max_position_embeddings (the recipe sets seq_length): take a
+    # known variant's when everything else matches
+    from dataclasses import replace
+
+    from gptoss.arch import ARCHS
+
+    for known in ARCHS.values():
+        if (
+            replace(arch, name=known.name, hf_id=known.hf_id, max_position_embeddings=known.max_position_embeddings)
+            == known
+        ):
+            return known
+    return arch_from_hf_config(arch.hf_config_dict())
 
 
 def _lora_params_per_layer(a: GptOssArch, rank: int, targets: list[str]) -> int:

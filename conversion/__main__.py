@@ -1,0 +1,109 @@
+"""python -m conversion {import,export,validate,roundtrip,random} — HF <-> Megatron for gpt-oss.
+
+Runs as one process on CPU, or under torchrun (world size = TP x PP x EP) on GPUs / SLURM.
+Exit status: 0 ok, 1 validation failed, 2 bad input (the message names the file and tensor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from conversion.hf_io import ConversionError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m conversion", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def layout(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+        sp.add_argument("--pp", type=int, default=1, help="pipeline parallel size")
+        sp.add_argument("--ep", type=int, default=1, help="expert parallel size")
+
+    imp = sub.add_parser("import", help="HF checkpoint (bf16 or MXFP4) -> Megatron torch_dist")
+    imp.add_argument("--hf", required=True)
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--force", action="store_true", help="replace an existing --out")
+    layout(imp)
+
+    exp = sub.add_parser("export", help="Megatron checkpoint -> HF safetensors")
+    exp.add_argument("--megatron", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--dtype", choices=("bf16", "mxfp4"), default="bf16")
+    exp.add_argument("--force", action="store_true")
+    layout(exp)
+
+    val = sub.add_parser("validate", help="weights and logits of HF vs Megatron")
+    val.add_argument("--hf", required=True)
+    val.add_argument("--megatron", required=True)
+    val.add_argument("--no-logits", action="store_true", help="weights only (e.g. 20b/120b on a small host)")
+
+    rt = sub.add_parser("roundtrip", help="import, export, validate in one job")
+    rt.add_argument("--hf", required=True)
+    rt.add_argument("--work", help="where to keep the Megatron and exported checkpoints (default: a temp dir)")
+    rt.add_argument("--dtype", choices=("bf16", "mxfp4"), default="bf16", help="export dtype")
+    rt.add_argument("--no-logits", action="store_true")
+    layout(rt)
+
+    rnd = sub.add_parser("random", help="a random-weight HF checkpoint of the real architecture (demo, tests)")
+    rnd.add_argument("--size", default="tiny", help="tiny | 20b | 120b (20b/120b need tens of GB)")
+    rnd.add_argument("--out", required=True)
+    rnd.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's torch.compile'd ops target CUDA
+    from conversion import megatron_io, validate
+
+    try:
+        if args.cmd == "random":
+            from conversion.random_init import make_random_hf
+            from gptoss.arch import get_arch
+
+            out = Path(args.out)
+            if out.exists():
+                raise ConversionError(f"{out} exists: remove it or choose another --out")
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            make_random_hf(tmp, get_arch(args.size), args.seed)
+            tmp.rename(out)
+            print(f"random gpt-oss-{args.size} (seed {args.seed}) -> {out}")
+            return 0
+        if args.cmd == "import":
+            out = megatron_io.import_hf(args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, force=args.force)
+            print(f"imported {args.hf} -> {out}")
+            return 0
+        if args.cmd == "export":
+            out = megatron_io.export_hf(
+                args.megatron, args.out, dtype=args.dtype, tp=args.tp, pp=args.pp, ep=args.ep, force=args.force
+            )
+            print(f"exported {args.megatron} -> {out} ({args.dtype})")
+            return 0
+        if args.cmd == "validate":
+            report = validate.validate(args.hf, args.megatron, logits=not args.no_logits)
+            print(report.text())
+            return 0 if report.ok else 1
+        if args.cmd == "roundtrip":
+            work = Path(args.work or tempfile.mkdtemp(prefix="gptoss-roundtrip-"))
+            meg, hf_out = work / "megatron", work / "hf-export"
+            megatron_io.import_hf(args.hf, meg, tp=args.tp, pp=args.pp, ep=args.ep, force=True)
+            megatron_io.export_hf(meg, hf_out, dtype=args.dtype, tp=args.tp, pp=args.pp, ep=args.ep, force=True)
+            report = validate.validate(args.hf, meg, logits=not args.no_logits)
+            print(report.text())
+            # the export must also read back as the source (bitwise, or dequantized for MXFP4)
+            again = validate.validate_hf_pair(args.hf, hf_out)
+            print(again.text())
+            return 0 if report.ok and again.ok else 1
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""HF <-> Megatron distributed checkpoints (torch_dist), through Megatron-Bridge's AutoBridge.
+
+The bridge does the name mapping, QKV fusion, gate/up de-interleave, down_proj orientation and the
+TP/PP/EP sharding; this module adds what it lacks: input checks with clear errors, CPU models
+(gptoss.cpu), an atomic output directory, the HF config + tokenizer + source dtypes stored beside
+the Megatron checkpoint (so export needs nothing else), and a streamed, sharded, optionally MXFP4
+HF export.
+
+Multi-rank: every function here is collective; run it under torchrun with world size
+tp * pp * ep (x data parallel). Rank 0 creates and renames the output directory.
+
+Layout of a Megatron directory written by `import_hf`:
+    <dir>/iter_0000000/...               the torch_dist checkpoint (what the recipes load)
+    <dir>/latest_checkpointed_iteration.txt
+    <dir>/hf/config.json, tokenizer*     the HF side, for export and validation
+    <dir>/kit_conversion.json            source, source dtypes, layout at import, tokenizer fingerprint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from conversion import mxfp4
+from conversion.hf_io import ConversionError, HFCheckpoint, ShardedWriter, arch_from_config, atomic_output_dir
+from gptoss import cpu
+from gptoss.arch import GptOssArch
+
+META = "kit_conversion.json"
+HF_SUBDIR = "hf"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def check_layout(arch: GptOssArch, tp: int, pp: int, ep: int) -> None:
+    """Refuse a parallel layout the architecture cannot be split into (before building anything)."""
+    problems = []
+    if arch.num_attention_heads % tp or arch.num_key_value_heads % tp:
+        problems.append(f"TP={tp} must divide {arch.num_attention_heads} heads and {arch.num_key_value_heads} KV heads")
+    if arch.num_layers % pp:
+        problems.append(f"PP={pp} must divide {arch.num_layers} layers")
+    if arch.num_experts % ep:
+        problems.append(f"EP={ep} must divide {arch.num_experts} experts")
+    if dist.is_initialized() and dist.get_world_size() % (tp * pp * ep):
+        problems.append(f"world size {dist.get_world_size()} is not a multiple of TP*PP*EP={tp * pp * ep}")
+    if problems:
+        raise ConversionError(f"gpt-oss {arch.name} cannot be split as TP={tp} PP={pp} EP={ep}: " + "; ".join(problems))
+
+
+def setup_parallel(tp: int, pp: int, ep: int) -> None:
+    """torch.distributed + parallel_state for this layout (world size from torchrun, 1 otherwise)."""
+    cpu.init_parallel(tp, pp, ep)
+
+
+def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
+    from megatron.bridge import AutoBridge
+
+    from gptoss.compat import import_bridge
+
+    import_bridge()
+    if hf_path is not None:
+        bridge = AutoBridge.from_hf_pretrained(str(hf_path))
+    else:
+        from transformers import GptOssConfig
+
+        bridge = AutoBridge.from_hf_config(GptOssConfig.from_dict(_plain_config(hf_config)))
+    provider = bridge.to_megatron_provider(load_weights=False)
+    provider.tensor_model_parallel_size = tp
+    provider.pipeline_model_parallel_size = pp
+    provider.expert_model_parallel_size = ep
+    provider.expert_tensor_parallel_size = 1  # no GLU-aware expert split under ETP in the bridge
+    provider.sequence_parallel = False
+    provider.vocab_size = hf_config["vocab_size"]
+    provider.should_pad_vocab = False  # keep the checkpoint's 201,088 rows (the bridge pads on load otherwise)
+    apply_arch(provider, arch_from_config(hf_config))
+    if not cpu.cuda_available():
+        cpu.make_cpu_friendly(provider)
+    model = cpu.build_model_cpu(provider)
+    return bridge, [model]
+
+
+def apply_arch(provider: Any, arch: GptOssArch) -> None:
+    """Set what the bridge hard-codes for the released sizes from the arch (see GptOssArch.megatron_fields)."""
+    for name, value in arch.megatron_fields().items():
+        setattr(provider, name, value)
+
+
+def _plain_config(hf_config: dict) -> dict:
+    """The bf16 HF config (no quantization_config): what the Megatron side and bf16 exports carry."""
+    return {k: v for k, v in hf_config.items() if k != "quantization_config"}
+
+
+def _latest_iter_dir(megatron_dir: Path) -> Path:
+    tracker = megatron_dir / "latest_checkpointed_iteration.txt"
+    if not tracker.is_file():
+        raise ConversionError(f"{tracker}: missing (not a complete Megatron checkpoint)")
+    it = tracker.read_text().strip()
+    name = "release" if it == "release" else f"iter_{int(it):07d}"
+    path = megatron_dir / name
+    if not (path / "metadata.json").is_file():
+        raise ConversionError(f"{path}: missing or incomplete torch_dist checkpoint (no metadata.json)")
+    return path
+
+
+# ---- import ------------------------------------------------------------------------------------
+
+
+def import_hf(hf_path: str | os.PathLike, out: str | os.PathLike, *, tp=1, pp=1, ep=1, force=False) -> Path:
+    """HF checkpoint (bf16 or MXFP4 experts) -> Megatron torch_dist checkpoint in `out`."""
+    src = HFCheckpoint(hf_path)
+    check_layout(src.arch, tp, pp, ep)
+    setup_parallel(tp, pp, ep)
+    bridge, model = _bridge_and_model(src.config, tp, pp, ep, hf_path=src.path)
+    bridge.load_hf_weights(model)
+    out = Path(out).absolute()
+    tmp = _make_tmp(out, force)
+    try:
+        from megatron.bridge.training.model_load_save import save_megatron_model
+
+        with cpu.on_cpu():
+            save_megatron_model(model, str(tmp), ckpt_format="torch_dist")
+        if _rank() == 0:
+            _write_sidecar(tmp, src, layout={"tp": tp, "pp": pp, "ep": ep})
+        _barrier()
+    except BaseException:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _finish_tmp(tmp, out)
+    return out
+
+
+def _make_tmp(out: Path, force: bool) -> Path:
+    """Rank 0 makes the temporary directory beside `out`; everyone learns its name."""
+    holder: list[Any] = [None]
+    if _rank() == 0:
+        if out.exists() and not force:
+            holder[0] = ConversionError(f"{out}: already exists (use --force to overwrite)")
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            holder[0] = str(out.parent / f".{out.name}.tmp-{os.getpid()}")
+            shutil.rmtree(holder[0], ignore_errors=True)
+            os.makedirs(holder[0])
+    if dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0)
+    if isinstance(holder[0], Exception):
+        raise holder[0]
+    return Path(holder[0])
+
+
+def _finish_tmp(tmp: Path, out: Path) -> None:
+    _barrier()
+    if _rank() == 0:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    _barrier()
+
+
+def _write_sidecar(tmp: Path, src: HFCheckpoint, layout: dict) -> None:
+    from gptoss import tokenizer
+
+    hf_dir = tmp / HF_SUBDIR
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps(_plain_config(src.config), indent=2) + "\n")
+    copied = False
+    for name in _TOKENIZER_FILES + ("generation_config.json",):
+        if (src.path / name).is_file():
+            shutil.copy2(src.path / name, hf_dir / name)
+            copied |= name == "tokenizer.json"
+    if not copied:  # the kit's own o200k_harmony (same ids as the release)
+        for f in Path(tokenizer.hf_tokenizer_dir()).iterdir():
+            if f.name in _TOKENIZER_FILES:
+                shutil.copy2(f, hf_dir / f.name)
+    dtypes = {}
+    for header in src.headers.values():
+        for name, info in header.items():
+            if name != "__metadata__" and not name.endswith(("_blocks", "_scales")):
+                dtypes[name] = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}.get(info["dtype"], "bfloat16")
+    meta = {
+        "source": str(src.path),
+        "source_format": "mxfp4" if src.is_mxfp4 else "bf16",
+        "arch": src.arch.name,
+        "layout_at_import": layout,
+        "hf_dtypes": dtypes,
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_training_sidecar(checkpoint_dir: str | os.PathLike, arch: GptOssArch, source: str = "training") -> None:
+    """Make a training run's checkpoint directory exportable: the HF config and tokenizer of its
+    architecture and the kit metadata, as `import_hf` writes them (idempotent, written atomically)."""
+    from gptoss import tokenizer
+
+    d = Path(checkpoint_dir)
+    if (d / META).is_file():
+        return
+    tmp = Path(tempfile.mkdtemp(dir=d, prefix=".sidecar."))
+    try:
+        (tmp / "config.json").write_text(json.dumps(arch.hf_config_dict(), indent=2) + "\n")
+        for f in Path(tokenizer.hf_tokenizer_dir()).iterdir():
+            if f.name in _TOKENIZER_FILES:
+                shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(d / HF_SUBDIR, ignore_errors=True)
+        os.replace(tmp, d / HF_SUBDIR)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta = {"source": source, "source_format": "bf16", "arch": arch.name, "hf_dtypes": {}}
+    (d / f".{META}.tmp").write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(d / f".{META}.tmp", d / META)
+
+
+# ---- loading a Megatron checkpoint ------------------------------------------------------------
+
+
+def read_sidecar(megatron_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """(HF config dict, kit metadata) stored beside a checkpoint written by `import_hf`."""
+    d = Path(megatron_dir)
+    cfg, meta = d / HF_SUBDIR / "config.json", d / META
+    for p in (cfg, meta):
+        if not p.is_file():
+            raise ConversionError(f"{p}: missing (was {d} written by `python -m conversion import`?)")
+    config = json.loads(cfg.read_text())
+    try:
+        arch_from_config(config)
+    except (ValueError, KeyError) as err:
+        raise ConversionError(f"{cfg}: {err}") from None
+    return config, json.loads(meta.read_text())
+
+
+def load_megatron(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
+    """Build the model for this layout and load the checkpoint into it (re-sharding as needed).
+
+    Returns (bridge, [model], hf_config, meta). Collective.
+    """
+    megatron_dir = Path(megatron_dir)
+    config, meta = read_sidecar(megatron_dir)
+    iter_dir = _latest_iter_dir(megatron_dir)
+    check_layout(arch_from_config(config), tp, pp, ep)
+    setup_parallel(tp, pp, ep)
+    bridge, model = _bridge_and_model(config, tp, pp, ep)
+    from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
+
+    try:
+        _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
+    except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds; name the checkpoint
+        raise ConversionError(f"{iter_dir}: cannot load into gpt-oss TP={tp} PP={pp} EP={ep}: {err}") from err
+    return bridge, model, config, meta
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+def export_hf(
+    megatron_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "bf16",
+    tp=1,
+    pp=1,
+    ep=1,
+    force=False,
+    max_shard_bytes: int = 2 * 1024**3,
+) -> Path:
+    """Megatron checkpoint -> HF safetensors (bf16 layout, or MXFP4 experts like the release)."""
+    if dtype not in ("bf16", "mxfp4"):
+        raise ConversionError(f"--dtype must be bf16 or mxfp4, got {dtype!r}")
+    bridge, model, config, meta = load_megatron(megatron_dir, tp=tp, pp=pp, ep=ep)
+    out = Path(out).absolute()
+    tmp = _make_tmp(out, force)
+    try:
+        writer = ShardedWriter(tmp, max_shard_bytes) if _rank() == 0 else None
+        for name, tensor in stream_hf_weights(bridge, model, meta):
+            if writer is None:
+                continue  # every rank takes part in the gathers; rank 0 writes
+            if dtype == "mxfp4" and mxfp4.is_expert_weight(name):
+                blocks, scales = mxfp4.expert_to_mxfp4(tensor)
+                writer.add(name + "_blocks", blocks)
+                writer.add(name + "_scales", scales)
+            else:
+                writer.add(name, tensor)
+        if writer is not None:
+            writer.close()
+            _write_hf_side(Path(megatron_dir), tmp, config, dtype)
+    except BaseException:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _finish_tmp(tmp, out)
+    return out
+
+
+def stream_hf_weights(bridge, model, meta: dict):
+    """(HF name, tensor in the source's dtype) for every weight, one at a time, on CPU."""
+    dtypes = meta.get("hf_dtypes", {})
+    for name, tensor in bridge.export_hf_weights(model, cpu=True, show_progress=False):
+        yield name, tensor.to(_DTYPES.get(dtypes.get(name, "bfloat16"), torch.bfloat16))
+
+
+def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> None:
+    cfg = dict(config)
+    if dtype == "mxfp4":
+        cfg["quantization_config"] = mxfp4.quantization_config()
+    cfg["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for f in (megatron_dir / HF_SUBDIR).iterdir():
+        if f.name != "config.json":
+            shutil.copy2(f, out / f.name)
+
+
+__all__ = ["ConversionError", "atomic_output_dir", "check_layout", "export_hf", "import_hf", "load_megatron"]

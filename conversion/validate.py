@@ -1,0 +1,188 @@
+"""Validate a Megatron checkpoint against the HF checkpoint it came from: weights, then logits.
+
+Weights: every tensor is exported back to HF names by the bridge and compared with the source;
+bf16 sources must match bit for bit, MXFP4 sources must match their dequantized values (E2M1 x
+2**k is exact in bf16, so that is bitwise too). Logits: transformers' GptOssForCausalLM (loaded from
+the source, MXFP4 dequantized by our codec) and the Megatron model (loaded from the checkpoint),
+both in fp32, on a fixed prompt set longer than the sliding window. Tolerances are stated in
+`Tolerances` and printed with the report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from conversion.hf_io import HFCheckpoint
+from conversion.megatron_io import load_megatron, stream_hf_weights
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    # fp32 on both sides: differences come from summation order only (3e-6 seen on tiny).
+    max_abs: float = 1e-3
+    min_cosine: float = 0.99999
+    min_top1: float = 1.0
+
+
+@dataclass
+class Report:
+    weights_checked: int = 0
+    weight_mismatches: list[str] = field(default_factory=list)
+    logits: dict[str, float] | None = None
+    tolerances: Tolerances = field(default_factory=Tolerances)
+
+    @property
+    def weights_ok(self) -> bool:
+        return self.weights_checked > 0 and not self.weight_mismatches
+
+    @property
+    def logits_ok(self) -> bool:
+        if self.logits is None:
+            return True
+        t = self.tolerances
+        lg = self.logits
+        return lg["max_abs"] <= t.max_abs and lg["cosine"] >= t.min_cosine and lg["top1"] >= t.min_top1
+
+    @property
+    def ok(self) -> bool:
+        return self.weights_ok and self.logits_ok
+
+    def text(self) -> str:
+        lines = [f"weights: {self.weights_checked} tensors, {len(self.weight_mismatches)} mismatched"]
+        lines += [f"  MISMATCH {m}" for m in self.weight_mismatches[:20]]
+        if self.logits is not None:
+            t, lg = self.tolerances, self.logits
+            lines.append(
+                f"logits ({int(lg['tokens'])} tokens): max|diff| {lg['max_abs']:.3g} (<= {t.max_abs:g}), "
+                f"cosine {lg['cosine']:.8f} (>= {t.min_cosine:g}), top-1 agreement {lg['top1']:.4f} (>= {t.min_top1:g})"
+            )
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(lines)
+
+
+def prompts(vocab_size: int, seq_len: int = 40) -> torch.Tensor:
+    """The fixed prompt set: a tokenized English/code text and seeded random ids, `seq_len` each
+    (longer than the 128-token window of the released models only with seq_len > 128; the tiny
+    model's window is 8)."""
+    from gptoss import tokenizer
+
+    text = (
+        "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+        "The quick brown fox jumps over the lazy dog. "
+    ) * 8
+    ids = tokenizer.encoding().encode(text)[:seq_len]
+    g = torch.Generator().manual_seed(1234)
+    rand = torch.randint(0, min(vocab_size, 199_998), (seq_len,), generator=g)
+    return torch.stack([torch.tensor(ids), rand])
+
+
+def compare_weights(src: HFCheckpoint, exported, report: Report) -> None:
+    seen = set()
+    for name, tensor in exported:
+        seen.add(name)
+        report.weights_checked += 1
+        try:
+            ref = src.get_dequantized(name)
+        except Exception as err:  # noqa: BLE001 - report, do not stop at the first problem
+            report.weight_mismatches.append(f"{name}: not in source ({err})")
+            continue
+        got = tensor.to(ref.dtype)
+        if got.shape != ref.shape:
+            report.weight_mismatches.append(f"{name}: shape {list(got.shape)} != source {list(ref.shape)}")
+        elif not torch.equal(got, ref):
+            diff = (got.float() - ref.float()).abs()
+            report.weight_mismatches.append(
+                f"{name}: {int((diff > 0).sum())} of {diff.numel()} values differ, max |diff| {diff.max().item():.3g}"
+            )
+    for name in sorted(set(src.dequantized_names()) - seen):
+        report.weight_mismatches.append(f"{name}: in source, not in the Megatron checkpoint")
+
+
+def hf_logits(src: HFCheckpoint, ids: torch.Tensor) -> torch.Tensor:
+    """transformers' reference forward in fp32, weights streamed from the source (MXFP4 dequantized)."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig.from_dict({k: v for k, v in src.config.items() if k != "quantization_config"})
+    with torch.device("meta"):
+        model = GptOssForCausalLM(config)
+    state = {name: t.float() for name, t in src.dequantized()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    # `assign` keeps non-persistent buffers (rotary inv_freq) on meta: recompute them on CPU.
+    model.model.rotary_emb.__init__(config, device="cpu")
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+def megatron_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
+    model.eval()
+    with torch.no_grad():
+        return model(ids, pos, None).float()
+
+
+def logits_metrics(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {
+        "tokens": float(a.shape[0]),
+        "max_abs": (a - b).abs().max().item(),
+        "cosine": cos.min().item(),
+        "top1": (a.argmax(-1) == b.argmax(-1)).double().mean().item(),
+    }
+
+
+def validate(
+    hf_path: str | os.PathLike,
+    megatron_dir: str | os.PathLike,
+    *,
+    logits: bool = True,
+    seq_len: int = 40,
+    tolerances: Tolerances | None = None,
+) -> Report:
+    """Compare `megatron_dir` with `hf_path`; returns the report (report.ok says pass/fail)."""
+    src = HFCheckpoint(hf_path)
+    report = Report(tolerances=tolerances or Tolerances())
+    bridge, model, _, meta = load_megatron(Path(megatron_dir))
+    compare_weights(src, stream_hf_weights(bridge, model, meta), report)
+    if logits:
+        ids = prompts(src.arch.vocab_size, seq_len)
+        meg = megatron_logits(model[0], ids)
+        del model
+        report.logits = logits_metrics(hf_logits(src, ids), meg)
+    return report
+
+
+def validate_hf_pair(source: str | os.PathLike, exported: str | os.PathLike) -> Report:
+    """An exported HF checkpoint against its source, tensor by tensor (bitwise on the bf16 view).
+
+    When the export is MXFP4 and the source is not, the source's experts are quantized with the
+    same codec first: the export must hold exactly those values.
+    """
+    from conversion import mxfp4
+
+    a, b = HFCheckpoint(source), HFCheckpoint(exported)
+    report = Report()
+
+    def exported_view():
+        for name in b.dequantized_names():
+            yield name, b.get_dequantized(name)
+
+    if b.is_mxfp4 and not a.is_mxfp4:
+
+        class _Requantized:
+            def __getattr__(self, attr):
+                return getattr(a, attr)
+
+            def get_dequantized(self, name):
+                t = a.get_dequantized(name)
+                return mxfp4.expert_from_mxfp4(*mxfp4.expert_to_mxfp4(t)) if mxfp4.is_expert_weight(name) else t
+
+        compare_weights(_Requantized(), exported_view(), report)  # type: ignore[arg-type]
+    else:
+        compare_weights(a, exported_view(), report)
+    return report

@@ -1,0 +1,357 @@
+"""CPU adaptation for building and running Megatron gpt-oss models without CUDA.
+
+Megatron-Core's "local" (non Transformer Engine) modules still put a few tensors on CUDA
+(megatron-core 0.19.2): the attention sinks (`softmax_offset`), the causal and sliding-window
+masks (hard-coded `device="cuda"`), the attention score buffer (parallel_state's global memory
+buffer), the router weights (moved to CUDA on first forward) and the YaRN frequencies (moved to CUDA
+on first forward). This module swaps exactly those classes for subclasses that keep everything on
+the CPU, through the layer spec (attention, router) or by re-classing one module after construction
+(YaRN lives in GPTModel itself, outside the layer spec). It also works around an mcore backward bug
+(see `CloneOutputRowParallelLinear`).
+
+Everything here is inert when `torch.cuda.is_available()`: `cpu_layer_spec` then returns
+Megatron's normal spec and `make_cpu_friendly` / `build_model_cpu` leave the provider alone.
+
+Public API (stable; the CPU training loop builds on it):
+
+- `init_parallel(tp=1, pp=1, ep=1, rank=0, world_size=1)`: torch.distributed (gloo) + parallel_state.
+- `cpu_layer_spec(provider)`: the transformer layer spec with the CPU-safe classes.
+- `make_cpu_friendly(provider)`: fp32, no fused kernels, allgather dispatcher, the CPU layer spec.
+- `build_model_cpu(provider, ...)`: finalize + provide on CPU, returns the GPTModel (one PP stage).
+- `on_cpu()`: context manager mapping `torch.cuda.current_device()` to "cpu" and the CUDA RNG state
+  to the CPU one (construction and checkpoint-save helper).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from gptoss.compat import import_bridge
+
+import_bridge()
+
+from megatron.bridge.models.conversion.param_mapping import AutoMapping  # noqa: E402
+from megatron.bridge.models.gpt_provider import default_layer_spec, local_layer_spec  # noqa: E402
+from megatron.core import parallel_state, tensor_parallel  # noqa: E402
+from megatron.core.fusions.fused_softmax import FusedScaleMaskSoftmax, SoftmaxOne  # noqa: E402
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import YarnRotaryEmbedding  # noqa: E402
+from megatron.core.tensor_parallel.layers import RowParallelLinear  # noqa: E402
+from megatron.core.transformer.dot_product_attention import DotProductAttention  # noqa: E402
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType  # noqa: E402
+from megatron.core.transformer.moe.experts import SequentialMLP  # noqa: E402
+from megatron.core.transformer.moe.router import TopKRouter  # noqa: E402
+
+
+def cuda_available() -> bool:
+    """A real GPU, not the single pretend device of gptoss.cpu_training."""
+    return getattr(torch.cuda, "real_is_available", torch.cuda.is_available)()
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.cuda.current_device -> "cpu" (only while Megatron code that hard-codes it runs)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_mask_cpu(sq: int) -> torch.Tensor:
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _sliding_window_mask_cpu(sq: int, skv: int, window_size: tuple[int, int]) -> torch.Tensor:
+    # Same construction as megatron.core.transformer.utils.get_sliding_window_causal_mask, on CPU.
+    m = torch.ones(sq, skv, dtype=torch.bool)
+    mu = torch.triu(m, diagonal=skv - sq - window_size[0])
+    ml = torch.tril(mu, diagonal=skv - sq + window_size[1])
+    return ~ml
+
+
+@contextlib.contextmanager
+def on_cpu() -> Iterator[None]:
+    """Run Megatron code that asks CUDA for a device or an RNG state, without CUDA.
+
+    Maps `torch.cuda.current_device()` to "cpu", `torch.cuda.get_rng_state()` to the CPU
+    generator's state (Megatron-Bridge's save_checkpoint records it even with save_rng=False) and
+    `torch.cuda.synchronize()` to a no-op (dist_checkpointing calls it before writing).
+    A no-op when CUDA is available. Not thread-safe (it patches torch functions for its duration),
+    which is fine for the single-threaded construction, forward and save it wraps.
+    """
+    if cuda_available() or hasattr(torch.cuda, "real_is_available"):  # GPU, or gptoss.cpu_training's shims
+        yield
+        return
+    saved = torch.cuda.current_device, torch.cuda.get_rng_state, torch.cuda.synchronize
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.cuda.current_device, torch.cuda.get_rng_state, torch.cuda.synchronize = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacement classes
+# ---------------------------------------------------------------------------------------------
+
+
+class CPUScaleMaskSoftmax(FusedScaleMaskSoftmax):
+    """The PyTorch softmax path with CPU masks (the stock one builds them with device="cuda")."""
+
+    def forward(self, input, mask, softmax_offset=None):  # noqa: A002 - Megatron's signature
+        # forward_torch_softmax of megatron-core 0.19.2 with the masks built on the input's device
+        # (the stock one always rebuilds them with device="cuda" when a window is set).
+        if self.input_in_float16 and self.softmax_in_fp32:
+            input = input.float()
+        if self.scale is not None:
+            input = input * self.scale
+        sq, sk = input.size(2), input.size(3)
+        if self.window_size is not None:
+            mask = _sliding_window_mask_cpu(sq, sk, tuple(self.window_size)).to(input.device)
+        elif self.attn_mask_type == AttnMaskType.causal and mask is None and sq > 1:
+            mask = _causal_mask_cpu(sq).to(input.device)
+        masked = self.mask_func(input, mask) if mask is not None else input
+        if softmax_offset is None:
+            probs = torch.softmax(masked, dim=-1)
+        else:
+            probs = SoftmaxOne(-1, softmax_offset.to(input.device))(masked)
+        if self.input_in_float16 and self.softmax_in_fp32:
+            probs = probs.half() if self.input_in_fp16 else probs.bfloat16()
+        return probs
+
+
+class CPUDotProductAttention(DotProductAttention):
+    """DotProductAttention whose sinks, masks and score buffer live on the CPU."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with on_cpu():
+            super().__init__(*args, **kwargs)
+        self.scale_mask_softmax.__class__ = CPUScaleMaskSoftmax
+
+    def forward(self, *args: Any, **kwargs: Any):
+        with on_cpu():  # parallel_state's global memory buffer allocates on current_device()
+            return super().forward(*args, **kwargs)
+
+
+class CPUTopKRouter(TopKRouter):
+    """TopKRouter that keeps its weights where they are (the stock one moves them to CUDA)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with on_cpu():
+            super().__init__(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any):
+        with on_cpu():
+            return super().forward(*args, **kwargs)
+
+
+class CPUYarnRotaryEmbedding(YarnRotaryEmbedding):
+    """YaRN with its inverse frequencies kept on the CPU (the stock one moves them to CUDA)."""
+
+    def get_emb(self, max_seq_len: int, offset: int = 0):
+        with on_cpu():
+            return super().get_emb(max_seq_len, offset)
+
+
+class CloneOutputRowParallelLinear(RowParallelLinear):
+    """An expert's linear_fc2 that returns a fresh tensor rather than a view.
+
+    mcore bug (0.19.2, experts with bias, expert TP=1): RowParallelLinear's output comes out of
+    `_ReduceFromModelParallelRegion` as a view of its input (the all-reduce over one rank is the
+    identity), and MLP.forward then adds the bias in place (`output += bias * probs`), which
+    autograd forbids ("Output 0 of _ReduceFromModelParallelRegion is a view and is being
+    modified inplace"). Cloning here breaks the view; it costs one copy of the expert output.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any):
+        output, bias = super().forward(*args, **kwargs)
+        return output.clone(), bias
+
+
+class BiasSafeSequentialMLP(SequentialMLP):
+    """SequentialMLP whose experts' linear_fc2 is `CloneOutputRowParallelLinear` (SequentialMLP
+    hard-codes its expert class, so the swap happens after construction)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for expert in self.local_experts:
+            if type(expert.linear_fc2) is RowParallelLinear:
+                expert.linear_fc2.__class__ = CloneOutputRowParallelLinear
+
+
+# The bridge decides how to split or gather a parameter under TP from its module's class name.
+AutoMapping.register_module_type(CPUDotProductAttention.__name__, "column")  # sinks: one per head
+AutoMapping.register_module_type(CPUTopKRouter.__name__, "replicated")
+AutoMapping.register_module_type(CloneOutputRowParallelLinear.__name__, "row")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer spec and provider
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_layer_spec(provider: Any):
+    """The transformer layer spec for `provider`, with the CPU-safe classes swapped in.
+
+    Usable as `provider.transformer_layer_spec` (it takes the config, like Megatron's own spec
+    functions). With CUDA available it returns Megatron-Bridge's default spec (Transformer Engine
+    when it is installed) unchanged.
+    """
+    if cuda_available():
+        return default_layer_spec(provider)
+    spec = local_layer_spec(provider)
+    layer = spec.submodules
+    layer.self_attention.submodules.core_attention = CPUDotProductAttention
+    mlp = layer.mlp
+    if isinstance(mlp, functools.partial) and "submodules" in mlp.keywords:
+        moe_sub = dataclasses.replace(mlp.keywords["submodules"], router=CPUTopKRouter)
+        experts = moe_sub.experts
+        if isinstance(experts, functools.partial) and experts.func is SequentialMLP:
+            experts = functools.partial(BiasSafeSequentialMLP, *experts.args, **experts.keywords)
+            moe_sub = dataclasses.replace(moe_sub, experts=experts)
+        layer.mlp = functools.partial(mlp.func, *mlp.args, **{**mlp.keywords, "submodules": moe_sub})
+    return spec
+
+
+def make_cpu_friendly(provider: Any) -> Any:
+    """Settings for running `provider`'s model in fp32 on CPU processes; returns the provider.
+
+    Inert (returns it unchanged) when CUDA is available.
+    """
+    if cuda_available():
+        return provider
+    provider.transformer_impl = "local"
+    provider.transformer_layer_spec = cpu_layer_spec
+    # attention_backend="local" makes the provider overwrite core_attention with the stock class.
+    if provider.attention_backend == AttnBackend.local:
+        provider.attention_backend = AttnBackend.auto
+    provider.params_dtype = torch.float32
+    provider.pipeline_dtype = torch.float32
+    provider.bf16 = False
+    provider.fp16 = False
+    provider.use_cpu_initialization = True
+    provider.moe_grouped_gemm = False
+    provider.moe_token_dispatcher_type = "allgather"  # alltoall allocates a CUDA stream
+    for flag in (
+        "moe_permute_fusion",
+        "moe_router_fusion",
+        "bias_activation_fusion",
+        "bias_dropout_fusion",
+        "masked_softmax_fusion",
+        "apply_rope_fusion",
+        "gradient_accumulation_fusion",
+        "cross_entropy_loss_fusion",
+        "persist_layer_norm",
+    ):
+        setattr(provider, flag, False)
+    return provider
+
+
+def fix_after_build(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-class the modules created outside the layer spec (YaRN) for CPU. Inert with CUDA."""
+    if cuda_available():
+        return model
+    for module in model.modules():
+        if type(module) is YarnRotaryEmbedding:
+            module.__class__ = CPUYarnRotaryEmbedding
+    return model
+
+
+def build_model_cpu(
+    provider: Any, *, pre_process: bool | None = None, post_process: bool | None = None
+) -> torch.nn.Module:
+    """Build this rank's GPTModel (its pipeline stage) on the CPU.
+
+    Call `init_parallel` first. Makes the provider CPU-friendly, finalizes it, and builds with
+    `torch.cuda.current_device()` mapped to CPU. With CUDA available this is a plain
+    `provider.provide()` and the model is moved to the current CUDA device.
+    """
+    make_cpu_friendly(provider)
+    provider.finalize()
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    with on_cpu():
+        model = provider.provide(pre_process=pre_process, post_process=post_process)
+    if cuda_available():
+        return model.cuda()
+    return fix_after_build(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed + parallel_state
+# ---------------------------------------------------------------------------------------------
+
+
+def init_parallel(
+    tp: int = 1,
+    pp: int = 1,
+    ep: int = 1,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    backend: str | None = None,
+    seed: int = 1234,
+) -> None:
+    """Initialize torch.distributed and Megatron's parallel_state for `world_size` ranks.
+
+    Rank and world size default to torchrun's RANK/WORLD_SIZE (or 0/1). The backend defaults to
+    gloo without CUDA and nccl with it. MASTER_ADDR/PORT default to 127.0.0.1:29500 unless set.
+    Idempotent for an already initialized process group: only parallel_state is (re)built.
+    Also seeds Megatron's model-parallel RNG tracker (its CPU part), which model construction uses.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        backend = backend or ("nccl" if cuda_available() else "gloo")
+        if cuda_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
+    )
+    torch.manual_seed(seed)
+    if cuda_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        _install_cpu_rng_tracker()
+
+
+def _install_cpu_rng_tracker() -> None:
+    """Megatron forks a CUDA RNG state around dropout (attention dropout, TP-region init). On CPU
+    there is no CUDA generator: install a tracker whose fork() simply uses the CPU generator. gpt-oss
+    trains with dropout 0, so nothing random happens inside those forks anyway."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CPURNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        def add(self, name: str, seed: int) -> None:
+            self.states_[name] = seed
+
+        @contextlib.contextmanager
+        def fork(self, name: str = mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            yield
+
+    mrandom._CUDA_RNG_STATE_TRACKER = CPURNGStatesTracker()
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+def destroy_parallel() -> None:
+    """Tear down parallel_state and the process group (tests call this between layouts)."""
+    import torch.distributed as dist
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

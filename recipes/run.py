@@ -1,0 +1,280 @@
+"""The one training entry point: `python -m recipes run RECIPE [key=value ...]`.
+
+Builds the recipe, applies overrides, checks data and layout before anything heavy starts (the
+planner, the dataset files and their tokenizer), then hands the config to megatron-bridge's own
+`pretrain` or `finetune` with the GPT forward step. On a machine without a GPU the same call runs
+inside `gptoss.cpu_training.cpu_training()` (inert when CUDA is present).
+
+Around the bridge's loop it adds only what a long run needs:
+- a checkpoint on SIGUSR1 (SLURM's pre-emption warning) and SIGTERM, then exit code 75 so the
+  launcher knows to requeue; restarts resume from `checkpoint.load` (the run's own directory);
+- a local JSONL of metrics per step (loss, grad norm, lr, tokens/s, MFU estimate, memory) and a
+  PNG loss/lr plot at the end, under results/<run>/;
+- W&B in offline mode unless a key is configured (the sync command is printed); secrets are never
+  printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # bad recipe, override, data or tokenizer
+EXIT_PLAN = 3  # the layout does not fit the allocation
+EXIT_PREEMPTED = 75  # stopped on a signal after checkpointing: requeue and resume (EX_TEMPFAIL)
+
+
+class RunError(RuntimeError):
+    """A problem found before training starts; the message names the value and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight checks
+# ---------------------------------------------------------------------------------------------
+
+
+def allocation() -> tuple[int, int]:
+    """(nodes, gpus per node) of this launch, from torchrun/srun's environment."""
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    nodes = int(
+        os.environ.get("NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1
+    )
+    nodes = max(1, min(nodes, world))
+    return nodes, max(1, world // nodes)
+
+
+def check_data(cfg: Any) -> None:
+    """Every indexed dataset the recipe reads exists and was tokenized with this kit's tokenizer."""
+    from gptoss.tokenizer import check_fingerprint
+
+    blend = getattr(cfg.dataset, "blend", None)
+    if blend is not None:
+        prefixes = blend[0]
+        for prefix in prefixes:
+            missing = [s for s in (".bin", ".idx") if not Path(prefix + s).exists()]
+            if missing:
+                raise RunError(
+                    f"dataset {prefix} is missing {' and '.join(missing)}: prepare it with "
+                    f"`python -m data_prep pretrain INPUTS --out {prefix}` or point dataset.blend elsewhere"
+                )
+            _check_split(cfg, prefix)
+            manifest = Path(prefix).parent / "manifest.json"
+            if manifest.exists():
+                meta = json.loads(manifest.read_text())
+                found = meta.get("tokenizer_fingerprint") or (meta.get("tokenizer") or {}).get("fingerprint")
+                check_fingerprint(found, f"dataset {prefix} ({manifest})")
+    root = getattr(cfg.dataset, "dataset_root", None)
+    if root is not None and not Path(root).exists():
+        raise RunError(f"SFT data {root} does not exist: prepare it with `python -m data_prep sft ... --out {root}`")
+
+
+def _check_split(cfg: Any, prefix: str) -> None:
+    """Megatron loops forever building the indices of a split that received no document: refuse."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    docs = len(IndexedDataset(prefix, mmap=True).document_indices) - 1
+    weights = [float(w) for w in str(cfg.dataset.split).replace("/", ",").split(",")]
+    bounds = np.round(np.cumsum([0.0, *weights]) / sum(weights) * docs).astype(int)
+    names = ("train", "validation", "test")
+    for name, w, lo, hi in zip(names, weights, bounds[:-1], bounds[1:]):
+        if w > 0 and hi - lo == 0:
+            raise RunError(
+                f"dataset.split={cfg.dataset.split} gives the {name} split 0 of the {docs} documents in {prefix}: "
+                f"use a coarser split such as dataset.split=90,5,5 or more data"
+            )
+
+
+def check_pretrained(cfg: Any) -> None:
+    path = cfg.checkpoint.pretrained_checkpoint
+    resuming = cfg.checkpoint.load and (Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt").exists()
+    if path and not resuming and not Path(path).exists():
+        raise RunError(
+            f"pretrained checkpoint {path} does not exist: import the HF weights with "
+            f"`python -m conversion import --hf HF_DIR --out {path}` or set checkpoint.pretrained_checkpoint"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _metrics_callback(path: Path, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
+    from megatron.bridge.training.callbacks import Callback
+
+    class MetricsLog(Callback):
+        """One JSON line per step; on resume, lines at or past the resumed step are dropped first so
+        the file is always one consistent curve."""
+
+        def on_train_start(self, context) -> None:
+            step = context.state.train_state.step
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+                path.write_text("".join(ln + "\n" for ln in kept))
+            self.last = time.perf_counter()
+
+        def on_train_step_end(self, context) -> None:
+            import torch
+
+            now = time.perf_counter()
+            dt, self.last = now - self.last, now
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            tps = tokens_per_step / dt if dt > 0 else None
+            rec = {
+                "step": context.state.train_state.step + 1,  # fired before the bridge counts the step
+                "time": time.time(),
+                **{k: float(v) for k, v in (context.loss_dict or {}).items()},
+                "grad_norm": None if context.grad_norm is None else float(context.grad_norm),
+                "lr": context.optimizer.param_groups[0]["lr"] if context.optimizer else None,
+                "step_time_s": dt,
+                "tokens_per_s": tps,
+                "tokens_per_s_per_gpu": tps / world if tps else None,
+                "mfu": (tps / world * flops_per_token / peak_flops) if (tps and peak_flops) else None,
+                "memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            }
+            if int(os.environ.get("RANK", "0")) == 0:
+                with path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+        def on_train_end(self, context) -> None:
+            if int(os.environ.get("RANK", "0")) == 0:
+                plot_metrics(path)
+
+    return MetricsLog()
+
+
+def plot_metrics(path: Path) -> Path | None:
+    """loss and lr against step, next to the JSONL."""
+    if not path.exists():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    loss_key = next((k for k in ("lm loss", "loss") if k in rows[0]), None)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if loss_key:
+        ax.plot(steps, [r[loss_key] for r in rows], color="tab:blue")
+        ax.set_ylabel(loss_key, color="tab:blue")
+    ax.set_xlabel("step")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange")
+    ax2.set_ylabel("learning rate", color="tab:orange")
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _configure_wandb(cfg: Any, results: Path) -> None:
+    if not getattr(cfg.logger, "wandb_project", None):
+        return
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "online":
+        os.environ["WANDB_MODE"] = "offline"
+    cfg.logger.wandb_save_dir = cfg.logger.wandb_save_dir or str(results / "wandb")
+    if os.environ.get("WANDB_MODE") == "offline":
+        print(f"W&B offline: sync later with `wandb sync {cfg.logger.wandb_save_dir}/wandb/offline-run-*`")
+
+
+def _forward_signal_to_usr1(signum, frame) -> None:
+    """First SIGTERM: checkpoint and stop like SIGUSR1 (the bridge's handler). A second one kills."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def prepare(recipe: str, overrides: list[str]) -> Any:
+    """Build and check: raises RunError/ValueError/KeyError with a message naming the fix."""
+    import recipes
+
+    cfg = recipes.build(recipe, overrides)
+    check_data(cfg)
+    check_pretrained(cfg)
+    return cfg
+
+
+def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
+    """Plan against this launch's allocation, then run megatron-bridge's loop. Returns the exit code."""
+    from gptoss import workspace
+    from recipes.planner import GPUS, arch_of, plan
+
+    nodes, gpus = allocation()
+    p = plan(cfg, recipe=recipe, nodes=nodes, gpus_per_node=gpus)
+    if not p.ok:
+        print(p.render(), file=sys.stderr)
+        return EXIT_PLAN
+
+    run_name = Path(cfg.checkpoint.save).name if cfg.checkpoint.save else recipe
+    results = workspace.results_dir(run_name)
+    _configure_wandb(cfg, results)
+    cfg.train.exit_signal_handler = True
+    cfg.train.exit_signal = signal.SIGUSR1
+    signal.signal(signal.SIGTERM, _forward_signal_to_usr1)
+
+    import torch
+
+    seq = cfg.dataset.seq_length
+    peak = GPUS["h100"].bf16_tflops * 1e12 if torch.cuda.is_available() else None
+    metrics = results / "metrics.jsonl"
+    callback = _metrics_callback(
+        metrics, cfg.train.global_batch_size * seq, arch_of(cfg.model).train_flops_per_token(seq), peak
+    )
+
+    from megatron.bridge.training.finetune import finetune
+    from megatron.bridge.training.gpt_step import forward_step
+    from megatron.bridge.training.pretrain import pretrain
+
+    from gptoss.cpu_training import cpu_training
+
+    # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA
+    entry = finetune if cfg.checkpoint.pretrained_checkpoint else pretrain
+    with cpu_training():
+        entry(cfg, forward_step, callbacks=[callback, *(extra_callbacks or [])])
+    if cfg.checkpoint.save and cfg.peft is None and int(os.environ.get("RANK", "0")) == 0:
+        # the run's checkpoints become exportable with `python -m conversion export --megatron <dir>`
+        from conversion.megatron_io import write_training_sidecar
+
+        if Path(cfg.checkpoint.save, "latest_checkpointed_iteration.txt").exists():
+            write_training_sidecar(cfg.checkpoint.save, arch_of(cfg.model), source=f"recipe {recipe}")
+    done = _last_step(metrics)
+    if done is not None and done < cfg.train.train_iters:
+        print(f"stopped at step {done} of {cfg.train.train_iters}; checkpoint saved: rerun the same command to resume")
+        return EXIT_PREEMPTED
+    return EXIT_OK
+
+
+def run(recipe: str, overrides: list[str]) -> int:
+    """Train RECIPE with overrides; returns the process exit code."""
+    try:
+        cfg = prepare(recipe, overrides)
+    except (KeyError, ValueError, RunError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return train(cfg, recipe)
+
+
+def _last_step(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1])["step"] if lines else None

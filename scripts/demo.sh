@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make demo`: the user's path end to end on the tiny gpt-oss, on CPU, in minutes.
+#   random HF checkpoint -> data prep (code + replay, chat for SFT) -> import to Megatron ->
+#   continued pretraining on code -> export (bf16 and MXFP4) -> round-trip validation -> plan the
+#   real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export WORKSPACE=${WORKSPACE:-$PWD/workspace/demo}
+export TORCHDYNAMO_DISABLE=1 PYTHONUNBUFFERED=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29571}
+W=$WORKSPACE
+T0=$SECONDS
+
+stage() {  # stage NAME COMMAND...: run a stage, print what it did and how long it took
+  local name=$1 t=$SECONDS log
+  shift
+  log="$W/logs/demo-$name.log"
+  mkdir -p "$W/logs"
+  printf '== %-28s ' "$name"
+  if "$@" >"$log" 2>&1; then
+    printf 'ok   %4ds  (log %s)\n' $((SECONDS - t)) "$log"
+  else
+    printf 'FAILED after %ds; last lines of %s:\n' $((SECONDS - t)) "$log"
+    tail -n 30 "$log"
+    exit 1
+  fi
+}
+
+echo "gpt-oss kit demo: workspace $W"
+rm -rf "$W"
+mkdir -p "$W/raw"
+
+# The embedded corpus: the kit's own Python sources (written for it) as code, its Markdown docs as
+# general-text replay, and a few chat conversations made from the same sources for SFT.
+"$PY" - "$W/raw" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+py = sorted(p for d in ("gptoss", "recipes", "conversion", "data_prep", "tests") for p in pathlib.Path(d).rglob("*.py"))
+with open(out / "code.jsonl", "w") as f:
+    for p in py:
+        f.write(json.dumps({"content": p.read_text(), "lang": "Python", "max_stars_repo_path": str(p),
+                            "max_stars_repo_licenses": ["Apache-2.0"]}) + "\n")
+with open(out / "replay.jsonl", "w") as f:
+    for md in sorted(pathlib.Path(".").glob("*.md")):
+        for para in md.read_text().split("\n\n"):
+            if len(para) > 80:
+                f.write(json.dumps({"text": para}) + "\n")
+with open(out / "chat.jsonl", "w") as f:
+    for p in py[:40]:
+        first = p.read_text().split('"""')[1].strip().splitlines()[0] if '"""' in p.read_text() else p.name
+        f.write(json.dumps({"messages": [
+            {"role": "user", "content": f"What is {p} for?"},
+            {"role": "assistant", "content": first, "thinking": f"The docstring of {p.name} says so."}]}) + "\n")
+print(f"{len(py)} code files")
+PY
+
+stage random-checkpoint "$PY" -m conversion random --size tiny --out "$W/models/gpt-oss-tiny/hf"
+stage data-code "$PY" -m data_prep pretrain "$W/raw/code.jsonl" -o "$W/data/the-stack" -j 2
+stage data-replay "$PY" -m data_prep pretrain "$W/raw/replay.jsonl" -o "$W/data/replay" --preset text --text-key text
+stage data-sft "$PY" -m data_prep sft "$W/raw/chat.jsonl" -o "$W/data/sft" --seq-length 128
+stage import "$PY" -m conversion import --hf "$W/models/gpt-oss-tiny/hf" --out "$W/models/gpt-oss-tiny/megatron"
+stage cpt-code "$PY" -m recipes run gpt_oss_tiny_cpt_code train.train_iters=10
+CPT=$W/checkpoints/gpt-oss-tiny-cpt-code
+stage export-bf16 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf"
+stage export-mxfp4 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf-mxfp4" --dtype mxfp4
+stage validate-export "$PY" -m conversion validate --hf "$W/models/gpt-oss-tiny-cpt-code/hf" --megatron "$CPT"
+stage roundtrip-release "$PY" -m conversion roundtrip --hf "$W/models/gpt-oss-tiny/hf" --work "$W/cache/roundtrip"
+stage plan-20b "$PY" -m recipes plan gpt_oss_20b_cpt_code --tokens 200e9
+
+echo
+echo "continued pretraining on code (from $W/results/gpt-oss-tiny-cpt-code/metrics.jsonl):"
+"$PY" - "$W/results/gpt-oss-tiny-cpt-code/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(x) for x in open(sys.argv[1])]
+print(f"  steps {rows[0]['step']}..{rows[-1]['step']}: lm loss {rows[0]['lm loss']:.3f} -> {rows[-1]['lm loss']:.3f}")
+PY
+tail -n 3 "$W/logs/demo-validate-export.log" | sed 's/^/  /'
+tail -n 4 "$W/logs/demo-plan-20b.log" | sed 's/^/  /'
+echo
+echo "where everything went (WORKSPACE.md explains the layout):"
+for d in models/gpt-oss-tiny/hf models/gpt-oss-tiny/megatron data/the-stack data/replay data/sft \
+         checkpoints/gpt-oss-tiny-cpt-code models/gpt-oss-tiny-cpt-code/hf models/gpt-oss-tiny-cpt-code/hf-mxfp4 \
+         results/gpt-oss-tiny-cpt-code logs; do
+  printf '  %-45s %s\n' "$W/$d" "$(du -sh "$W/$d" | cut -f1)"
+done
+echo "demo finished in $((SECONDS - T0)) s"

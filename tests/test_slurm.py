@@ -1,0 +1,141 @@
+"""The SLURM scripts against a real SLURM cluster (tests/slurm_cluster.py: Debian's slurmctld,
+slurmd and munge, two nodes on this machine with fake GPUs), with the tiny recipes on CPU and
+CONTAINER_IMAGE=none. Nothing is mocked; pyxis containers are not available here, so the
+container branch of slurm/lib.sh is covered only by shellcheck."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from slurm_cluster import Cluster, SlurmUnavailable
+from tiny_data import write_indexed_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "slurm").glob("*.sh"))
+
+
+def test_scripts_pass_shellcheck():
+    if not shutil.which("shellcheck"):
+        if os.geteuid() != 0:
+            pytest.skip("shellcheck is not installed and installing it needs root")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "shellcheck"], check=True, capture_output=True)
+    out = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's daemons must run as root")
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        c.start()
+    except SlurmUnavailable as e:
+        pytest.skip(f"no SLURM cluster: {e}")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    write_indexed_dataset(ws / "data" / "pretrain" / "text_document")
+    return ws
+
+
+def submit(cluster: Cluster, ws: Path, script: str, *args: str, recipe: str | None = None, sbatch=()) -> int:
+    env = {
+        "KIT_DIR": str(ROOT),
+        "WORKSPACE": str(ws),
+        "CONTAINER_IMAGE": "none",
+        "KIT_VENV": str(ROOT / ".venv"),
+        "TORCHDYNAMO_DISABLE": "1",
+    }
+    if recipe:
+        env["RECIPE"] = recipe
+    return cluster.sbatch(
+        *sbatch, f"--output={ws}/%x-%j.out", "--chdir", str(ROOT), str(ROOT / "slurm" / script), *args, env=env
+    )
+
+
+def output(ws: Path, job: int) -> str:
+    return "".join(p.read_text() for p in ws.glob(f"*-{job}.out"))
+
+
+ONE_CPU = ("--nodes=1", "--gpus-per-node=1", "--ntasks-per-node=1")
+
+
+def test_tiny_pretrain_job_completes_with_a_checkpoint(cluster, ws):
+    job = submit(cluster, ws, "pretrain_20b.sh", "train.train_iters=3", recipe="gpt_oss_tiny_pretrain", sbatch=ONE_CPU)
+    info = cluster.wait(job, timeout=400)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job)
+    tracker = ws / "checkpoints" / "gpt-oss-tiny-pretrain" / "latest_checkpointed_iteration.txt"
+    assert tracker.read_text().strip() == "3"
+    logs = ws / "logs" / f"pretrain_20b-{job}"
+    assert "iteration        3/       3" in (logs / "rank-0.log").read_text()
+
+
+def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
+    job = submit(cluster, ws, "pretrain_20b.sh", sbatch=("--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2"))
+    info = cluster.wait(job, timeout=200)
+    text = output(ws, job)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "3:0", text
+    assert "world size 2 is not divisible by TP*PP*CP = 2*4*1 = 8" in text
+    assert "nothing was launched" in text
+    assert not list((ws / "logs" / f"pretrain_20b-{job}").glob("rank-*.log")), "no task may start"
+
+
+def test_two_nodes_join_one_process_group(cluster, ws):
+    job = submit(cluster, ws, "check_rendezvous.sh", sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"))
+    info = cluster.wait(job, timeout=200)
+    assert info["JobState"] == "COMPLETED", output(ws, job)
+    logs = ws / "logs" / f"check_rendezvous-{job}"
+    lines = [(logs / f"rank-{r}.log").read_text() for r in (0, 1)]
+    assert "rank 0/2" in lines[0] and "(node0)" in lines[0] and "all_reduce 1 ok" in lines[0]
+    assert "rank 1/2" in lines[1] and "(node1)" in lines[1] and "all_reduce 1 ok" in lines[1]
+
+
+def _metrics(ws: Path, run: str) -> list[dict]:
+    path = ws / "results" / run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws):
+    """SIGUSR1 to the batch shell (what --signal=B:USR1@T sends), then compare with an
+    uninterrupted run of the same recipe and steps."""
+    iters = "train.train_iters=10"
+    ref = ("checkpoint.save=" + str(ws / "checkpoints" / "ref"), "checkpoint.load=" + str(ws / "checkpoints" / "ref"))
+    job = submit(cluster, ws, "pretrain_20b.sh", iters, *ref, recipe="gpt_oss_tiny_pretrain", sbatch=ONE_CPU)
+    assert cluster.wait(job, timeout=400)["ExitCode"] == "0:0", output(ws, job)
+    reference = _metrics(ws, "ref")
+
+    run = ("checkpoint.save=" + str(ws / "checkpoints" / "pre"), "checkpoint.load=" + str(ws / "checkpoints" / "pre"))
+    job = submit(cluster, ws, "pretrain_20b.sh", iters, *run, recipe="gpt_oss_tiny_pretrain", sbatch=ONE_CPU)
+    deadline = time.time() + 300
+    while len(_metrics(ws, "pre")) < 3:
+        assert time.time() < deadline, output(ws, job)
+        time.sleep(0.5)
+    cluster.run("scancel", "--batch", "--signal=USR1", str(job))
+    # the requeued job is held ~120 s by SLURM's BeginTime: release it as soon as it is pending
+    deadline = time.time() + 300
+    while cluster.job(job).get("Restarts", "0") == "0" or cluster.job(job).get("JobState") not in (
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+    ):
+        assert time.time() < deadline, output(ws, job)
+        time.sleep(0.5)
+    cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False)
+    info = cluster.wait(job, timeout=400, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    text = output(ws, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text
+    assert "requeueing job" in text and "restart 1" in text
+    resumed = _metrics(ws, "pre")
+    assert [r["step"] for r in resumed] == list(range(1, 11))
+    assert resumed[-1]["lm loss"] == reference[-1]["lm loss"], "same final loss as the uninterrupted job"
