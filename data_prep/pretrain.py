@@ -346,6 +346,7 @@ def run(cfg: PretrainConfig, log: Callable[[str], None] = lambda s: print(s, fil
 
     abort = _AbortHook()
     workers = max(1, cfg.workers)
+    log(f"{len(files)} input file(s) in {len(units)} unit(s), {workers} worker(s)")
     # Largest units first: the pool's tail is shorter when the big pieces start early.
     by_size = sorted(range(len(units)), key=lambda i: (-units[i].size, i))
     first_part = {}

@@ -113,7 +113,8 @@ class CPUScaleMaskSoftmax(FusedScaleMaskSoftmax):
             input = input * self.scale
         sq, sk = input.size(2), input.size(3)
         if self.window_size is not None:
-            mask = _sliding_window_mask_cpu(sq, sk, tuple(self.window_size)).to(input.device)
+            window = _sliding_window_mask_cpu(sq, sk, tuple(self.window_size)).to(input.device)
+            mask = window if mask is None else mask | window  # a given mask: packed sequences
         elif self.attn_mask_type == AttnMaskType.causal and mask is None and sq > 1:
             mask = _causal_mask_cpu(sq).to(input.device)
         masked = self.mask_func(input, mask) if mask is not None else input
@@ -134,9 +135,29 @@ class CPUDotProductAttention(DotProductAttention):
             super().__init__(*args, **kwargs)
         self.scale_mask_softmax.__class__ = CPUScaleMaskSoftmax
 
-    def forward(self, *args: Any, **kwargs: Any):
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None:
+            # Packed sequences (SFT): the stock class refuses them (TE only). Attention arrives in
+            # THD layout [tokens, heads, dim], RoPE already applied per sequence; treat the pack as
+            # one batch row and keep each sequence to itself with a block-diagonal causal mask.
+            cu = packed_seq_params.cu_seqlens_q_padded
+            cu = packed_seq_params.cu_seqlens_q if cu is None else cu
+            attention_mask = _packed_causal_mask(tuple(int(x) for x in cu.tolist()), query.size(0))
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         with on_cpu():  # parallel_state's global memory buffer allocates on current_device()
-            return super().forward(*args, **kwargs)
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias)
+
+
+@functools.lru_cache(maxsize=8)
+def _packed_causal_mask(cu_seqlens: tuple[int, ...], tokens: int) -> torch.Tensor:
+    """[1, 1, t, t], True where attention is not allowed: across sequences, or to later tokens."""
+    segment = torch.zeros(tokens, dtype=torch.long)
+    for i, (start, end) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:])):
+        segment[start:end] = i
+    segment[cu_seqlens[-1] :] = len(cu_seqlens)  # padding past the last sequence: its own block
+    same = segment[:, None] == segment[None, :]
+    return (~same | _causal_mask_cpu(tokens))[None, None]
 
 
 class CPUTopKRouter(TopKRouter):

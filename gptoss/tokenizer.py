@@ -46,6 +46,16 @@ SPECIAL = {
     "<|call|>": 200012,
 }
 EOD_ID = SPECIAL["<|endoftext|>"]  # end-of-document token between pretraining documents
+# The pad token of the kit's HF tokenizer: a reserved id that never occurs in text. Not the
+# release's pad (<|endoftext|>, our EOD): Megatron's GPTDataset masks every label equal to the
+# tokenizer's pad id and rewrites every such input token to id 0, which with pad == EOD erased each
+# document boundary from the inputs and never trained the model to end a document (and, through
+# megatron-core 0.19.2's cached loss mask, which the first sample's masking mutates in place, made
+# the loss mask depend on sample order, so a resumed run diverged from an uninterrupted one).
+PAD_TOKEN = "<|reserved_200017|>"
+PAD_ID = 200017
+# Bump when the HF tokenizer directory's content changes, so stale caches are never reused.
+_HF_LAYOUT = 2
 
 
 class TokenizerMismatchError(ValueError):
@@ -147,7 +157,7 @@ def hf_tokenizer_dir() -> Path:
 
     Built once (about a minute: the BPE merges are derived from the ranks) and cached.
     """
-    out = cache_dir() / f"hf-tokenizer-{fingerprint()}"
+    out = cache_dir() / f"hf-tokenizer-{fingerprint()}-v{_HF_LAYOUT}"
     if (out / "tokenizer.json").exists():
         return out
     from transformers import PreTrainedTokenizerFast
@@ -162,11 +172,13 @@ def hf_tokenizer_dir() -> Path:
         tokenizer_object=converter.converted(),
         bos_token="<|startoftext|>",
         eos_token="<|return|>",
-        pad_token="<|endoftext|>",
+        pad_token=PAD_TOKEN,
         model_max_length=131072,
     )
-    if len(tok) != VOCAB_SIZE:
-        raise TokenizerMismatchError(f"converted HF tokenizer has {len(tok)} ids, expected {VOCAB_SIZE}")
+    if len(tok) != VOCAB_SIZE or tok.pad_token_id != PAD_ID:
+        raise TokenizerMismatchError(
+            f"converted HF tokenizer has {len(tok)} ids and pad id {tok.pad_token_id}, expected {VOCAB_SIZE} and {PAD_ID}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -107,6 +107,7 @@ def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: 
         cfg.optimizer.bf16 = False
         cfg.optimizer.clip_grad = 1.0
         cfg.ddp.use_distributed_optimizer = False
+        cfg.optimizer.use_distributed_optimizer = False
         cfg.ddp.overlap_grad_reduce = False
         cfg.ddp.overlap_param_gather = False
         cfg.ddp.grad_reduce_in_fp32 = False
@@ -322,6 +323,7 @@ def gpt_oss_120b_lora() -> ConfigContainer:
 
 # The tiny family: the same four bases, on one CPU process, in seconds.
 _TINY = dict(seq_length=128, gbs=2, mbs=2, iters=20)
+_TINY_PACKED = {**_TINY, "mbs": 1}  # packed sequences need micro batch 1 (the bridge checks)
 
 
 def gpt_oss_tiny_pretrain() -> ConfigContainer:
@@ -333,8 +335,8 @@ def gpt_oss_tiny_cpt_code() -> ConfigContainer:
 
 
 def gpt_oss_tiny_sft() -> ConfigContainer:
-    return sft_config(TINY, Layout(), run="gpt-oss-tiny-sft", max_lr=1e-3, warmup=2, **_TINY)
+    return sft_config(TINY, Layout(), run="gpt-oss-tiny-sft", max_lr=1e-3, warmup=2, **_TINY_PACKED)
 
 
 def gpt_oss_tiny_lora() -> ConfigContainer:
-    return lora_config(TINY, Layout(), run="gpt-oss-tiny-lora", rank=8, alpha=16, max_lr=1e-3, warmup=2, **_TINY)
+    return lora_config(TINY, Layout(), run="gpt-oss-tiny-lora", rank=8, alpha=16, max_lr=1e-3, warmup=2, **_TINY_PACKED)

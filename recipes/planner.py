@@ -203,6 +203,11 @@ def plan(
         v.append(f"EP*ETP = {ep}*{etp} does not divide TP*CP*DP = {tp}*{cp}*{dp} (ranks of one pipeline stage)")
     if gbs % (mbs * dp):
         v.append(f"global batch {gbs} not divisible by micro batch x DP = {mbs}*{dp} = {mbs * dp}")
+    if getattr(cfg.dataset, "packed_sequence_specs", None) is not None or getattr(
+        cfg.dataset, "enable_offline_packing", False
+    ):
+        if mbs != 1:
+            v.append(f"micro batch {mbs} with packed sequences: the bridge needs train.micro_batch_size=1")
     if cp > 1 and seq % (2 * cp):
         v.append(f"sequence length {seq} not divisible by 2*CP = {2 * cp}")
     if sp and (seq // cp) % tp:

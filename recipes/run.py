@@ -67,11 +67,36 @@ def check_data(cfg: Any) -> None:
             manifest = Path(prefix).parent / "manifest.json"
             if manifest.exists():
                 meta = json.loads(manifest.read_text())
-                found = meta.get("tokenizer_fingerprint") or (meta.get("tokenizer") or {}).get("fingerprint")
+                found = meta.get("tokenizer")  # written by data_prep (data_prep/pretrain.py)
                 check_fingerprint(found, f"dataset {prefix} ({manifest})")
     root = getattr(cfg.dataset, "dataset_root", None)
     if root is not None and not Path(root).exists():
         raise RunError(f"SFT data {root} does not exist: prepare it with `python -m data_prep sft ... --out {root}`")
+    specs = getattr(cfg.dataset, "packed_sequence_specs", None)
+    if root is not None and specs is not None:
+        _check_packs(cfg, specs)
+
+
+def _check_packs(cfg: Any, specs: Any) -> None:
+    """Each packed split must hold one global batch (the bridge drops partial batches and asserts
+    only when it reaches that split: for validation, after the whole training run)."""
+    import pyarrow.parquet as pq
+
+    gbs = cfg.train.global_batch_size
+    splits = [("training", specs.packed_train_data_path, True), ("validation", specs.packed_val_data_path, False)]
+    for name, path, required in splits:
+        if path is None or not Path(path).exists():
+            if required:
+                raise RunError(f"packed {name} data {path} is missing: run `python -m data_prep sft ...` for this seq_length")
+            continue
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if name == "validation" and cfg.validation.eval_iters == 0:
+            continue
+        if rows < gbs:
+            raise RunError(
+                f"{path} holds {rows} pack(s), fewer than one global batch ({gbs}): give data_prep sft more "
+                f"{name} conversations (--val-fraction / --val-inputs) or lower train.global_batch_size"
+            )
 
 
 def _check_split(cfg: Any, prefix: str) -> None:
@@ -249,7 +274,11 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
     # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA
     entry = finetune if cfg.checkpoint.pretrained_checkpoint else pretrain
     with cpu_training():
-        entry(cfg, forward_step, callbacks=[callback, *(extra_callbacks or [])])
+        try:
+            entry(cfg, forward_step, callbacks=[callback, *(extra_callbacks or [])])
+        except SystemExit as stop:  # the bridge exits by itself at train.exit_interval/duration
+            if stop.code not in (0, None):
+                raise
     if cfg.checkpoint.save and cfg.peft is None and int(os.environ.get("RANK", "0")) == 0:
         # the run's checkpoints become exportable with `python -m conversion export --megatron <dir>`
         from conversion.megatron_io import write_training_sidecar

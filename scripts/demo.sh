@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the user's path end to end on the tiny gpt-oss, on CPU, in minutes.
 #   random HF checkpoint -> data prep (code + replay, chat for SFT) -> import to Megatron ->
-#   continued pretraining on code -> export (bf16 and MXFP4) -> round-trip validation -> plan the
-#   real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
+#   continued pretraining on code -> SFT on harmony chats -> export (bf16 and MXFP4) -> round-trip
+#   validation -> plan the real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -57,10 +57,11 @@ PY
 stage random-checkpoint "$PY" -m conversion random --size tiny --out "$W/models/gpt-oss-tiny/hf"
 stage data-code "$PY" -m data_prep pretrain "$W/raw/code.jsonl" -o "$W/data/the-stack" -j 2
 stage data-replay "$PY" -m data_prep pretrain "$W/raw/replay.jsonl" -o "$W/data/replay" --preset text --text-key text
-stage data-sft "$PY" -m data_prep sft "$W/raw/chat.jsonl" -o "$W/data/sft" --seq-length 128
+stage data-sft "$PY" -m data_prep sft "$W/raw/chat.jsonl" -o "$W/data/sft" --seq-length 128 --val-fraction 0.25
 stage import "$PY" -m conversion import --hf "$W/models/gpt-oss-tiny/hf" --out "$W/models/gpt-oss-tiny/megatron"
 stage cpt-code "$PY" -m recipes run gpt_oss_tiny_cpt_code train.train_iters=10
 CPT=$W/checkpoints/gpt-oss-tiny-cpt-code
+stage sft "$PY" -m recipes run gpt_oss_tiny_sft train.train_iters=4 checkpoint.pretrained_checkpoint="$CPT"
 stage export-bf16 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf"
 stage export-mxfp4 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf-mxfp4" --dtype mxfp4
 stage validate-export "$PY" -m conversion validate --hf "$W/models/gpt-oss-tiny-cpt-code/hf" --megatron "$CPT"
@@ -79,7 +80,7 @@ tail -n 4 "$W/logs/demo-plan-20b.log" | sed 's/^/  /'
 echo
 echo "where everything went (WORKSPACE.md explains the layout):"
 for d in models/gpt-oss-tiny/hf models/gpt-oss-tiny/megatron data/the-stack data/replay data/sft \
-         checkpoints/gpt-oss-tiny-cpt-code models/gpt-oss-tiny-cpt-code/hf models/gpt-oss-tiny-cpt-code/hf-mxfp4 \
+         checkpoints/gpt-oss-tiny-cpt-code checkpoints/gpt-oss-tiny-sft models/gpt-oss-tiny-cpt-code/hf models/gpt-oss-tiny-cpt-code/hf-mxfp4 \
          results/gpt-oss-tiny-cpt-code logs; do
   printf '  %-45s %s\n' "$W/$d" "$(du -sh "$W/$d" | cut -f1)"
 done

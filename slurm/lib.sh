@@ -68,15 +68,20 @@ kit_container_args() {
 }
 
 # MASTER_ADDR: the first node's address as SLURM knows it (NodeAddr, falling back to its name).
+# MASTER_PORT: from the job id, below Linux's ephemeral range (32768+) so that no outgoing
+# connection on the node holds it. Both are derived from the allocation and never taken from the
+# environment: sbatch exports the submitting shell's variables, and a MASTER_ADDR/PORT left there
+# (a login node's address, a port some other process listens on) would break the rendezvous.
+# KIT_MASTER_ADDR / KIT_MASTER_PORT override them on purpose.
 kit_rendezvous() {
   local first addr
   first=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
   addr=$(scontrol show node "$first" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=//p' | head -n 1)
-  export MASTER_ADDR=${MASTER_ADDR:-${addr:-$first}}
-  export MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+  export MASTER_ADDR=${KIT_MASTER_ADDR:-${addr:-$first}}
+  export MASTER_PORT=${KIT_MASTER_PORT:-$((10000 + ${SLURM_JOB_ID:-0} % 20000))}
 }
 
-# Launch one task per GPU and wait. SIGUSR1 (sbatch --signal=B:USR1@T, SLURM's pre-emption
+# Launch one task per GPU (KIT_TASKS_PER_NODE overrides: 1 for CPU jobs) and wait. SIGUSR1 (sbatch --signal=B:USR1@T, SLURM's pre-emption
 # warning) is passed to the tasks, which checkpoint and exit 75; the job then requeues itself and
 # the restart resumes from the run's checkpoint. The job exits with the training's exit code.
 kit_launch() {
@@ -92,7 +97,7 @@ kit_launch() {
   fi
   trap 'preempted=1; echo "pre-emption warning: asking the tasks to checkpoint"; kill -USR1 "$step_pid" 2>/dev/null || true' USR1
   trap 'kill -TERM "$step_pid" 2>/dev/null || true' TERM
-  srun --kill-on-bad-exit=1 --ntasks-per-node="$GPUS_PER_NODE" "${KIT_CONTAINER_ARGS[@]}" \
+  srun --kill-on-bad-exit=1 --ntasks-per-node="${KIT_TASKS_PER_NODE:-$GPUS_PER_NODE}" "${KIT_CONTAINER_ARGS[@]}" \
     --output="$JOB_LOG_DIR/rank-%t.log" "${prefix[@]}" "$@" &
   step_pid=$!
   while true; do  # `wait` returns early when a trapped signal arrives: wait again for the step
@@ -119,4 +124,13 @@ kit_train() {
   kit_container_args
   kit_plan "$recipe" "$@"
   kit_launch python -m recipes run "$recipe" "$@"
+}
+
+# The body of the jobs that run one kit command (conversion, generation): no planner, one task per
+# GPU of the allocation (a single task on CPU-only nodes), the same environment and logs.
+kit_tool() {
+  kit_init
+  kit_container_args
+  if [ "${SLURM_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-0}}" = 0 ]; then KIT_TASKS_PER_NODE=1; fi
+  kit_launch python -m "$@"
 }

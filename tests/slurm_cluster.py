@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+_LAUNCHER_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"}
 
 
 class SlurmUnavailable(RuntimeError):
@@ -61,7 +62,10 @@ class Cluster:
         self.gpus_per_node = gpus_per_node
         self.cpus_per_node = cpus_per_node
         self.conf = root / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # sbatch exports the submitter's environment: leave out what a test process may have set
+        # for its own torch.distributed (the job scripts must not depend on it either way)
+        inherited = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+        self.env = {**inherited, "SLURM_CONF": str(self.conf)}
         self.procs: list[subprocess.Popen] = []
 
     # ---- set-up --------------------------------------------------------------------------

@@ -253,3 +253,9 @@ def test_cli_list_show_and_bad_key():
     assert data["peft"]["dim"] == 8
     out = _cli("show", "gpt_oss_tiny_lora", "train.train_itres=3")
     assert out.returncode == 2 and "did you mean train.train_iters" in out.stderr
+
+
+def test_packed_sequences_need_micro_batch_one():
+    failing = _plan(["train.micro_batch_size=2"], 1, 8, recipe="gpt_oss_20b_sft")
+    assert any("micro batch 2 with packed sequences" in v for v in failing.violations), failing.violations
+    assert _plan([], 1, 8, recipe="gpt_oss_20b_sft").ok

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -49,8 +50,11 @@ def ws(tmp_path_factory):
     return ws
 
 
-def submit(cluster: Cluster, ws: Path, script: str, *args: str, recipe: str | None = None, sbatch=()) -> int:
+def submit(
+    cluster: Cluster, ws: Path, script: str, *args: str, recipe: str | None = None, sbatch=(), env=None
+) -> int:
     env = {
+        **(env or {}),
         "KIT_DIR": str(ROOT),
         "WORKSPACE": str(ws),
         "CONTAINER_IMAGE": "none",
@@ -92,8 +96,16 @@ def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
 
 
 def test_two_nodes_join_one_process_group(cluster, ws):
-    job = submit(cluster, ws, "check_rendezvous.sh", sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"))
-    info = cluster.wait(job, timeout=200)
+    """Also: a MASTER_ADDR/PORT left in the submitting shell (sbatch exports it) must not be used:
+    here the port is taken by a listening socket, as the CI failure that motivated this had it."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        stale = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(busy.getsockname()[1])}
+        job = submit(
+            cluster, ws, "check_rendezvous.sh", sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"), env=stale
+        )
+        info = cluster.wait(job, timeout=200)
     assert info["JobState"] == "COMPLETED", output(ws, job)
     logs = ws / "logs" / f"check_rendezvous-{job}"
     lines = [(logs / f"rank-{r}.log").read_text() for r in (0, 1)]
@@ -139,3 +151,46 @@ def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws):
     resumed = _metrics(ws, "pre")
     assert [r["step"] for r in resumed] == list(range(1, 11))
     assert resumed[-1]["lm loss"] == reference[-1]["lm loss"], "same final loss as the uninterrupted job"
+
+
+def test_convert_roundtrip_runs_as_a_job(cluster, ws):
+    """convert.sh roundtrip on a tiny random checkpoint: import, export, validate in one job."""
+    from conversion.random_init import make_random_hf
+    from gptoss.arch import TINY
+
+    hf = make_random_hf(ws / "models" / "gpt-oss-tiny" / "hf", TINY, seed=3)
+    work = ws / "cache" / "roundtrip"
+    job = submit(cluster, ws, "convert.sh", "roundtrip", "--hf", str(hf), "--work", str(work), sbatch=ONE_CPU)
+    info = cluster.wait(job, timeout=400)
+    log = (ws / "logs" / f"convert-{job}" / "rank-0.log").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job) + log
+    assert (work / "hf-export" / "model.safetensors.index.json").exists() or list((work / "hf-export").glob("*.safetensors"))
+    assert log.count("PASS") >= 1 and "FAIL" not in log, log
+
+
+def test_data_prep_runs_as_a_cpu_job(cluster, ws):
+    """data_prep.sh on the CPU partition, workers from --cpus-per-task; the dataset reads back."""
+    raw = ws / "raw" / "code.jsonl"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 3 for i in range(40)]
+    raw.write_text("".join(json.dumps({"content": d, "lang": "Python"}) + "\n" for d in docs))
+    out = ws / "data" / "slurm-code"
+    job = submit(
+        cluster, ws, "data_prep.sh", "pretrain", str(raw), "-o", str(out), "--licenses", "any", "--no-progress",
+        sbatch=("-p", "cpu", "--cpus-per-task=2"),
+    )
+    info = cluster.wait(job, timeout=300)
+    log = (ws / "logs" / f"data_prep-{job}" / "rank-0.log").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job) + log
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kept"]["docs"] == len(docs)
+    assert "2 worker(s)" in log, log
+
+
+def test_data_prep_workers_follow_the_allocation(monkeypatch):
+    from data_prep.__main__ import _cores
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "7")
+    assert _cores() == 7
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert _cores() == len(os.sched_getaffinity(0))

@@ -109,7 +109,7 @@ def test_bad_inputs_fail_before_training(ws, tmp_path):
     assert out.returncode == 2 and "python -m data_prep pretrain" in out.stderr
     manifest = ws / "data" / "pretrain" / "manifest.json"
     saved = manifest.read_text()
-    manifest.write_text(json.dumps({"tokenizer_fingerprint": "gpt2-50257-0000"}))
+    manifest.write_text(json.dumps({"tokenizer": "gpt2-50257-0000"}))
     try:
         out = run_recipe(ws, "gpt_oss_tiny_pretrain")
     finally:
@@ -117,3 +117,107 @@ def test_bad_inputs_fail_before_training(ws, tmp_path):
     assert out.returncode == 2 and "made with tokenizer 'gpt2-50257-0000'" in out.stderr
     out = run_recipe(ws, "gpt_oss_tiny_pretrain", "model.expert_model_parallel_size=3")
     assert out.returncode == 3 and "experts 4 not divisible by EP=3" in out.stderr
+
+
+def test_document_boundaries_reach_the_model(ws, tmp_path):
+    """The recipe's tokenizer and megatron-core's GPTDataset keep every end-of-document token as an
+    input and as a label with loss. (With the release's pad token, which is our EOD, GPTDataset
+    rewrote each EOD input to id 0 and masked each EOD label; its cached loss mask then made the
+    mask depend on sample order, which is how a resumed run came to diverge.)"""
+    from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    import recipes
+    from gptoss.tokenizer import EOD_ID, PAD_ID
+
+    cfg = recipes.build("gpt_oss_tiny_pretrain")
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    assert tokenizer.pad == PAD_ID != EOD_ID
+    config = GPTDatasetConfig(
+        random_seed=1234,
+        sequence_length=cfg.dataset.sequence_length,
+        blend=([str(ws / "data" / "pretrain" / "text_document")], [1.0]),
+        split="1,0,0",
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        path_to_cache=str(tmp_path),
+    )
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [8, None, None], lambda: True, config).build()
+    eod_inputs = eod_labels = 0
+    for i in range(len(train)):
+        sample = train[i]
+        eod_inputs += int((sample["tokens"] == EOD_ID).sum())
+        at_eod = sample["labels"] == EOD_ID
+        eod_labels += int(at_eod.sum())
+        assert bool((sample["loss_mask"] == 1).all()), f"sample {i}: loss masked at {sample['loss_mask'].eq(0).nonzero()}"
+        assert not bool((sample["tokens"] == 0).any()), "no input rewritten to id 0"
+    # the corpus has a document boundary every ~40 tokens: 8 samples of 128 tokens hold many
+    assert eod_inputs >= 8 and eod_labels >= 8
+
+
+@pytest.fixture(scope="module")
+def sft_data(pretrained):
+    """Harmony chats rendered and packed by `python -m data_prep sft` (the real tool)."""
+    raw = pretrained / "raw" / "chat.jsonl"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}.", "thinking": "Add them."},
+            ]
+        }
+        for i in range(60)
+    ]
+    raw.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    out = subprocess.run(
+        [sys.executable, "-m", "data_prep", "sft", str(raw), "-o", str(pretrained / "data" / "sft"), "--seq-length", "128",
+         "--val-fraction", "0.3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return pretrained
+
+
+def _from_pretrained(ws: Path) -> str:
+    return "checkpoint.pretrained_checkpoint=" + str(ws / "checkpoints" / "gpt-oss-tiny-pretrain")
+
+
+def test_full_sft_on_packed_harmony_data(sft_data):
+    """finetune() from the pretrained checkpoint on packed sequences (gptoss.cpu gives the CPU
+    attention the block-diagonal mask that TE's THD kernels apply on a GPU)."""
+    out = run_recipe(sft_data, "gpt_oss_tiny_sft", "train.train_iters=3", _from_pretrained(sft_data))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = metrics(sft_data, "gpt-oss-tiny-sft")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(0 < r["lm loss"] < 20 and r["grad_norm"] > 0 for r in rows)
+    assert "successfully loaded checkpoint from" in out.stdout + out.stderr, "started from the pretrained weights"
+
+
+def test_lora_trains_only_the_adapters(sft_data):
+    from gptoss.compat import import_bridge
+
+    import_bridge()
+    import torch.distributed as dist
+    from megatron.core.dist_checkpointing import load_plain_tensors
+
+    out = run_recipe(sft_data, "gpt_oss_tiny_lora", "train.train_iters=3", _from_pretrained(sft_data))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = _port()
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    saved = load_plain_tensors(str(sft_data / "checkpoints" / "gpt-oss-tiny-lora" / "iter_0000003"))
+    tensors = {k: v for k, v in saved.items() if hasattr(v, "shape")}
+    weights = [k for k in tensors if not k.startswith("optimizer.")]
+    optimized = [k for k in tensors if k.startswith("optimizer.state.exp_avg.")]
+    # only adapters are saved and only adapters have optimizer state: the base stayed frozen
+    assert weights and all(".adapter." in k for k in weights), weights
+    assert optimized and all(".adapter." in k for k in optimized), optimized
+    targets = {k.split(".adapter.")[0].rsplit(".", 1)[-1] for k in weights}
+    assert targets == {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"}, "attention and experts"
+    # LoRA's B starts at zero: non-zero after 3 steps means the adapters were trained
+    assert all(float(tensors[k].abs().max()) > 0 for k in weights if k.endswith("linear_out.weight"))

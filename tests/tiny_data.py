@@ -32,5 +32,6 @@ def write_indexed_dataset(prefix: Path, repeats: int = 60) -> Path:
         tokens = np.array(enc.encode_ordinary(doc) + [EOD_ID], dtype=np.int32)
         builder.add_document(tokens, [len(tokens)])
     builder.finalize(str(prefix) + ".idx")
-    (prefix.parent / "manifest.json").write_text(json.dumps({"tokenizer_fingerprint": fingerprint()}))
+    # the key data_prep writes
+    (prefix.parent / "manifest.json").write_text(json.dumps({"tokenizer": fingerprint()}))
     return prefix
