@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace an existing --out")
     layout(imp)
 
-    exp = sub.add_parser("export", help="Megatron checkpoint -> HF safetensors")
+    exp = sub.add_parser(
+        "export", help="Megatron checkpoint -> HF safetensors (a LoRA run: merged weights, plus adapter/ in PEFT format)"
+    )
     exp.add_argument("--megatron", required=True)
     exp.add_argument("--out", required=True)
     exp.add_argument("--dtype", choices=("bf16", "mxfp4"), default="bf16")

@@ -35,6 +35,7 @@ from gptoss.arch import GptOssArch
 
 META = "kit_conversion.json"
 HF_SUBDIR = "hf"
+ADAPTER_SUBDIR = "adapter"  # in the export of a LoRA run: the adapters alone, HF PEFT format
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -127,7 +128,8 @@ def import_hf(hf_path: str | os.PathLike, out: str | os.PathLike, *, tp=1, pp=1,
     check_layout(src.arch, tp, pp, ep)
     setup_parallel(tp, pp, ep)
     bridge, model = _bridge_and_model(src.config, tp, pp, ep, hf_path=src.path)
-    bridge.load_hf_weights(model)
+    with cpu.on_cpu():  # TP scatters ask torch.cuda for the current device (no-op with a GPU)
+        bridge.load_hf_weights(model)
     out = Path(out).absolute()
     tmp = _make_tmp(out, force)
     try:
@@ -269,6 +271,19 @@ def load_megatron(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
     return bridge, model, config, meta
 
 
+def load_any(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
+    """A full-weight checkpoint, or a LoRA run (its base plus its adapters).
+
+    Returns (bridge, [model], hf_config, meta, lora) with lora None for full weights. Collective.
+    """
+    from conversion import lora
+
+    settings = lora.peft_settings(_latest_iter_dir(Path(megatron_dir)))
+    if settings is None:
+        return (*load_megatron(megatron_dir, tp=tp, pp=pp, ep=ep), None)
+    return lora.load_lora_run(megatron_dir, _latest_iter_dir(Path(megatron_dir)), settings, tp=tp, pp=pp, ep=ep)
+
+
 # ---- export ------------------------------------------------------------------------------------
 
 
@@ -286,10 +301,16 @@ def export_hf(
     """Megatron checkpoint -> HF safetensors (bf16 layout, or MXFP4 experts like the release)."""
     if dtype not in ("bf16", "mxfp4"):
         raise ConversionError(f"--dtype must be bf16 or mxfp4, got {dtype!r}")
-    bridge, model, config, meta = load_megatron(megatron_dir, tp=tp, pp=pp, ep=ep)
+    bridge, model, config, meta, lora_cfg = load_any(megatron_dir, tp=tp, pp=pp, ep=ep)
+    hf_side = Path(meta["lora"]["base"]) if lora_cfg is not None else Path(megatron_dir)
     out = Path(out).absolute()
     tmp = _make_tmp(out, force)
     try:
+        if lora_cfg is not None:  # a LoRA run: the adapters alone, then the merged weights
+            from conversion.lora import merge_into_base, save_adapter
+
+            save_adapter(bridge, model, lora_cfg, tmp / ADAPTER_SUBDIR, base=str(hf_side / HF_SUBDIR))
+            merge_into_base(model)
         writer = ShardedWriter(tmp, max_shard_bytes) if _rank() == 0 else None
         for name, tensor in stream_hf_weights(bridge, model, meta):
             if writer is None:
@@ -302,7 +323,7 @@ def export_hf(
                 writer.add(name, tensor)
         if writer is not None:
             writer.close()
-            _write_hf_side(Path(megatron_dir), tmp, config, dtype)
+            _write_hf_side(hf_side, tmp, config, dtype)
     except BaseException:
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -314,8 +335,9 @@ def export_hf(
 def stream_hf_weights(bridge, model, meta: dict):
     """(HF name, tensor in the source's dtype) for every weight, one at a time, on CPU."""
     dtypes = meta.get("hf_dtypes", {})
-    for name, tensor in bridge.export_hf_weights(model, cpu=True, show_progress=False):
-        yield name, tensor.to(_DTYPES.get(dtypes.get(name, "bfloat16"), torch.bfloat16))
+    with cpu.on_cpu():  # TP gathers ask torch.cuda for the current device (no-op with a GPU)
+        for name, tensor in bridge.export_hf_weights(model, cpu=True, show_progress=False):
+            yield name, tensor.to(_DTYPES.get(dtypes.get(name, "bfloat16"), torch.bfloat16))
 
 
 def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> None:
@@ -329,4 +351,4 @@ def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> N
             shutil.copy2(f, out / f.name)
 
 
-__all__ = ["ConversionError", "atomic_output_dir", "check_layout", "export_hf", "import_hf", "load_megatron"]
+__all__ = ["ConversionError", "atomic_output_dir", "check_layout", "export_hf", "import_hf", "load_any", "load_megatron"]

@@ -342,7 +342,11 @@ def init_parallel(
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
+        # gpt-oss experts are never tensor-split (see gptoss.arch): parallel_state would default ETP to TP
+        expert_tensor_parallel_size=1,
     )
     torch.manual_seed(seed)
     if cuda_available():

@@ -1,4 +1,5 @@
-"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G | run RECIPE [key=value ...]"""
+"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G | run RECIPE [key=value ...]
+| launch RECIPE [key=value ...] --executor slurm|local"""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilisation (default 0.12)")
     pl.add_argument("--tokens-per-gpu-s", type=float, help="assumed throughput instead of --mfu")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
+    from recipes.launch import add_arguments as add_launch_arguments
+
+    add_launch_arguments(sub.add_parser("launch", help="plan, then train through NeMo-Run (slurm or local)"))
     # key=value overrides may come before or after the options
     args, extra = ap.parse_known_args(argv)
     unknown = [x for x in extra if x.startswith("-") or "=" not in x]
@@ -63,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from recipes.run import run
 
         return run(args.recipe, args.overrides)
+    if args.cmd == "launch":
+        from recipes.launch import launch
+
+        return launch(args)
     try:
         recipe = recipes.get(args.recipe)
         # Megatron's import sets up logging on stdout: keep stdout for our output alone.

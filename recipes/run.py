@@ -72,7 +72,7 @@ def check_data(cfg: Any) -> None:
     root = getattr(cfg.dataset, "dataset_root", None)
     if root is not None and not Path(root).exists():
         raise RunError(f"SFT data {root} does not exist: prepare it with `python -m data_prep sft ... --out {root}`")
-    specs = getattr(cfg.dataset, "packed_sequence_specs", None)
+    specs = getattr(cfg.dataset, "packed_sequence_specs", None) or getattr(cfg.dataset, "offline_packing_specs", None)
     if root is not None and specs is not None:
         _check_packs(cfg, specs)
 

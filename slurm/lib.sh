@@ -75,8 +75,8 @@ kit_container_args() {
 # KIT_MASTER_ADDR / KIT_MASTER_PORT override them on purpose.
 kit_rendezvous() {
   local first addr
-  first=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
-  addr=$(scontrol show node "$first" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=//p' | head -n 1)
+  first=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | sed -n 1p)  # not head: SIGPIPE under pipefail
+  addr=$(scontrol show node "$first" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=//p' | sed -n 1p)
   export MASTER_ADDR=${KIT_MASTER_ADDR:-${addr:-$first}}
   export MASTER_PORT=${KIT_MASTER_PORT:-$((10000 + ${SLURM_JOB_ID:-0} % 20000))}
 }

@@ -138,14 +138,14 @@ def test_document_boundaries_reach_the_model(ws, tmp_path):
         random_seed=1234,
         sequence_length=cfg.dataset.sequence_length,
         blend=([str(ws / "data" / "pretrain" / "text_document")], [1.0]),
-        split="1,0,0",
+        split="90,5,5",
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         path_to_cache=str(tmp_path),
     )
-    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [8, None, None], lambda: True, config).build()
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [8, 2, 2], lambda: True, config).build()
     eod_inputs = eod_labels = 0
     for i in range(len(train)):
         sample = train[i]
@@ -197,15 +197,20 @@ def test_full_sft_on_packed_harmony_data(sft_data):
     assert "successfully loaded checkpoint from" in out.stdout + out.stderr, "started from the pretrained weights"
 
 
-def test_lora_trains_only_the_adapters(sft_data):
+@pytest.fixture(scope="module")
+def lora_run(sft_data):
+    out = run_recipe(sft_data, "gpt_oss_tiny_lora", "train.train_iters=3", _from_pretrained(sft_data))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return sft_data / "checkpoints" / "gpt-oss-tiny-lora"
+
+
+def test_lora_trains_only_the_adapters(sft_data, lora_run):
     from gptoss.compat import import_bridge
 
     import_bridge()
     import torch.distributed as dist
     from megatron.core.dist_checkpointing import load_plain_tensors
 
-    out = run_recipe(sft_data, "gpt_oss_tiny_lora", "train.train_iters=3", _from_pretrained(sft_data))
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = _port()
@@ -221,3 +226,43 @@ def test_lora_trains_only_the_adapters(sft_data):
     assert targets == {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"}, "attention and experts"
     # LoRA's B starts at zero: non-zero after 3 steps means the adapters were trained
     assert all(float(tensors[k].abs().max()) > 0 for k in weights if k.endswith("linear_out.weight"))
+
+
+def test_lora_export_merged_and_peft_adapter_reproduce_the_run(sft_data, lora_run, tmp_path):
+    """`conversion export` of a LoRA run: the merged HF weights and the PEFT adapter on the base's
+    HF export both give the logits of Megatron's base + adapters (bf16 export: bf16 tolerance),
+    while the base alone does not (the check is sensitive)."""
+    import torch
+    from peft import PeftModel
+    from transformers import GptOssForCausalLM
+
+    from conversion import megatron_io, validate
+    from conversion.hf_io import HFCheckpoint
+
+    def export(src: Path, out: Path) -> None:
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _port(), "TORCHDYNAMO_DISABLE": "1"}
+        cmd = [sys.executable, "-m", "conversion", "export", "--megatron", str(src), "--out", str(out)]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    base_dir = sft_data / "checkpoints" / "gpt-oss-tiny-pretrain"
+    export(lora_run, tmp_path / "merged")
+    export(base_dir, tmp_path / "base")
+    adapter = tmp_path / "merged" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert config["target_parameters"] == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+    _, model, hf_config, _, lora = megatron_io.load_any(lora_run)
+    assert lora is not None
+    ids = validate.prompts(hf_config["vocab_size"], 40)
+    reference = validate.megatron_logits(model[0], ids)
+    merged = validate.hf_logits(HFCheckpoint(tmp_path / "merged"), ids)
+    base = validate.hf_logits(HFCheckpoint(tmp_path / "base"), ids)
+    peft = PeftModel.from_pretrained(GptOssForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32), adapter)
+    with torch.no_grad():
+        with_adapter = peft(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    for name, logits in (("merged", merged), ("base + PEFT adapter", with_adapter)):
+        m = validate.logits_metrics(logits, reference)
+        assert m["max_abs"] < 0.05 and m["cosine"] > 0.9999 and m["top1"] == 1.0, (name, m)
+    assert validate.logits_metrics(base, reference)["max_abs"] > 0.1, "the adapters must matter"
