@@ -29,7 +29,14 @@ import torch
 import torch.distributed as dist
 
 from conversion import mxfp4
-from conversion.hf_io import ConversionError, HFCheckpoint, ShardedWriter, arch_from_config, atomic_output_dir
+from conversion.hf_io import (
+    ConversionError,
+    HFCheckpoint,
+    ShardedWriter,
+    arch_from_config,
+    atomic_output_dir,
+    replace_dir,
+)
 from gptoss import cpu
 from gptoss.arch import GptOssArch
 
@@ -169,13 +176,7 @@ def _make_tmp(out: Path, force: bool) -> Path:
 def _finish_tmp(tmp: Path, out: Path) -> None:
     _barrier()
     if _rank() == 0:
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     _barrier()
 
 

@@ -125,6 +125,23 @@ def megatron_logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model(ids, pos, None).float()
 
 
+def _round_to_source_precision(model: torch.nn.Module, src: HFCheckpoint) -> None:
+    """Give the Megatron model the numbers the HF side holds, so that the logits compare two
+    implementations of the same weights, at fp32 tolerance.
+
+    A checkpoint trained in fp32 and exported to a bf16 HF directory differs from it by bf16
+    rounding alone (the weight check above proves that, tensor by tensor); left unrounded, that
+    rounding moves the logits by ~1e-2 and hides nothing but would fail the fp32 bar. Weights
+    imported from a bf16 source are bf16 values already: rounding them changes nothing.
+    """
+    dtypes = {info["dtype"] for h in src.headers.values() for n, info in h.items() if n != "__metadata__"}
+    dtypes -= {"U8"}  # MXFP4 blocks and scales (their dequantized values are exact in bf16)
+    if dtypes == {"BF16"}:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+
+
 def logits_metrics(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
@@ -151,6 +168,7 @@ def validate(
     compare_weights(src, stream_hf_weights(bridge, model, meta), report)
     if logits:
         ids = prompts(src.arch.vocab_size, seq_len)
+        _round_to_source_precision(model[0], src)
         meg = megatron_logits(model[0], ids)
         del model
         report.logits = logits_metrics(hf_logits(src, ids), meg)

@@ -2,7 +2,7 @@
 # `make demo`: the user's path end to end on the tiny gpt-oss, on CPU, in minutes.
 #   random HF checkpoint -> data prep (code + replay, chat for SFT) -> import to Megatron ->
 #   continued pretraining on code -> SFT on harmony chats -> export (bf16 and MXFP4) -> round-trip
-#   validation -> plan the real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
+#   validation -> generation and a HumanEval-style evaluation -> plan the real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -65,6 +65,9 @@ stage sft "$PY" -m recipes run gpt_oss_tiny_sft train.train_iters=4 checkpoint.p
 stage export-bf16 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf"
 stage export-mxfp4 "$PY" -m conversion export --megatron "$CPT" --out "$W/models/gpt-oss-tiny-cpt-code/hf-mxfp4" --dtype mxfp4
 stage validate-export "$PY" -m conversion validate --hf "$W/models/gpt-oss-tiny-cpt-code/hf" --megatron "$CPT"
+stage generate-code "$PY" -m inference generate "$W/models/gpt-oss-tiny-cpt-code/hf" --prompt 'def add(a, b):' --max-new-tokens 24
+stage generate-chat "$PY" -m inference generate "$W/checkpoints/gpt-oss-tiny-sft" --mode chat --prompt 'What is recipes/run.py for?' --max-new-tokens 24
+stage eval-code "$PY" -m inference eval code "$W/models/gpt-oss-tiny-cpt-code/hf" --n 1 --max-new-tokens 32
 stage roundtrip-release "$PY" -m conversion roundtrip --hf "$W/models/gpt-oss-tiny/hf" --work "$W/cache/roundtrip"
 stage plan-20b "$PY" -m recipes plan gpt_oss_20b_cpt_code --tokens 200e9
 
@@ -76,6 +79,9 @@ rows = [json.loads(x) for x in open(sys.argv[1])]
 print(f"  steps {rows[0]['step']}..{rows[-1]['step']}: lm loss {rows[0]['lm loss']:.3f} -> {rows[-1]['lm loss']:.3f}")
 PY
 tail -n 3 "$W/logs/demo-validate-export.log" | sed 's/^/  /'
+echo "generated from the continued-pretrained model (random init + 10 steps: expect noise):"
+tail -n 2 "$W/logs/demo-generate-code.log" | sed 's/^/  /'
+tail -n 2 "$W/logs/demo-eval-code.log" | sed 's/^/  /'
 tail -n 4 "$W/logs/demo-plan-20b.log" | sed 's/^/  /'
 echo
 echo "where everything went (WORKSPACE.md explains the layout):"

@@ -194,3 +194,13 @@ def test_data_prep_workers_follow_the_allocation(monkeypatch):
     assert _cores() == 7
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert _cores() == len(os.sched_getaffinity(0))
+
+
+def test_generate_runs_as_a_job(cluster, ws):
+    """generate.sh runs `python -m inference ...`: here the shipped problems' canonical solutions,
+    scored in the sandbox inside the job (namespaces work under slurmd too)."""
+    job = submit(cluster, ws, "generate.sh", "eval", "code", "--canonical", sbatch=ONE_CPU)
+    info = cluster.wait(job, timeout=300)
+    log = (ws / "logs" / f"generate-{job}" / "rank-0.log").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job) + log
+    assert "pass@1" in log and "1.000" in log, log

@@ -1,0 +1,409 @@
+"""python -m inference {generate, eval code, eval loss, report}: generation and evaluation of gpt-oss.
+
+Checkpoints: a Megatron directory (conversion import, or a training run: pretraining, continued
+pretraining, SFT, LoRA with its base) or an HF directory (bf16 or MXFP4). One process on CPU or
+one GPU; Megatron checkpoints also under torchrun with --tp/--pp/--ep (world size = their product,
+or a multiple of it). Exit status: 0 ok, 2 bad input (the message names the path or the value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def _rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _command(argv: list[str]) -> str:
+    launcher = "torchrun --nproc-per-node N " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    return f"{launcher}python -m inference {shlex.join(argv)}"
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("checkpoint", nargs=None if required else "?", help="Megatron or HF checkpoint directory")
+    g = p.add_argument_group("Megatron checkpoints")
+    g.add_argument("--tp", type=int, default=1, help="tensor parallel size (under torchrun)")
+    g.add_argument("--pp", type=int, default=1, help="pipeline parallel size (under torchrun)")
+    g.add_argument("--ep", type=int, default=1, help="expert parallel size (under torchrun)")
+    g.add_argument("--iteration", type=int, help="checkpoint iteration (default: the latest)")
+    g.add_argument(
+        "--base", help="LoRA runs: the base checkpoint (default: the run's checkpoint.pretrained_checkpoint)"
+    )
+    g.add_argument("--merge-lora", action="store_true", help="LoRA runs: fold the adapters into the base weights")
+    h = p.add_argument_group("HF checkpoints")
+    h.add_argument("--device", help="cpu | cuda (default: cuda if available)")
+    h.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: float32 on CPU, bfloat16 on GPU")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float | None) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop-token", type=int, action="append", default=[], metavar="ID", help="extra stop token id")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="extra stop string")
+    g.add_argument("--batch-size", type=int, default=8)
+
+
+def _chat_args(p: argparse.ArgumentParser, default_mode: str) -> None:
+    g = p.add_argument_group("prompt format")
+    g.add_argument("--mode", choices=("raw", "chat"), default=default_mode,
+                   help="raw: plain completion (base models); chat: harmony rendering (SFT / released models)")  # fmt: skip
+    g.add_argument("--system", help="chat: system message text (default: harmony's, with the reasoning effort)")
+    g.add_argument("--developer", help="chat: developer instructions")
+    g.add_argument("--reasoning-effort", choices=("low", "medium", "high"), default="medium")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    gen = sub.add_parser("generate", help="complete prompts (streamed to the terminal for one prompt)")
+    _model_args(gen)
+    gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    gen.add_argument(
+        "--prompts-file", help="JSONL ({'prompt': ...} or {'messages': [...]}) or text, one prompt per line"
+    )
+    gen.add_argument("--out", help="write the generations as JSONL here")
+    gen.add_argument("--no-stream", action="store_true")
+    _chat_args(gen, "raw")
+    _sampling_args(gen, 256, 0.0)
+
+    ev = sub.add_parser("eval", help="evaluate: code (pass@k) or loss (validation loss / perplexity)")
+    evsub = ev.add_subparsers(dest="what", required=True)
+    code = evsub.add_parser("code", help="functional correctness of generated code, pass@k, sandboxed")
+    _model_args(code, required=False)
+    code.add_argument("--problems", help="HumanEval/MBPP-format JSONL (default: the kit's own set)")
+    code.add_argument("--limit", type=int, help="only the first N problems")
+    code.add_argument("--n", type=int, default=1, help="samples per problem")
+    code.add_argument("--k", default="1,10,100", help="pass@k for these k (those <= n are reported)")
+    code.add_argument(
+        "--canonical",
+        action="store_true",
+        help="score the problems' canonical solutions (no model): checks a problem file and the sandbox",
+    )
+    code.add_argument("--timeout", type=float, default=10.0, help="seconds per sample")
+    code.add_argument("--memory-mb", type=int, default=1024, help="address space per sample")
+    code.add_argument("--sandbox", choices=("auto", "namespaces", "rlimits"), default="auto",
+                      help="rlimits = time/memory limits only, NO isolation: trusted code only")  # fmt: skip
+    code.add_argument("--workers", type=int, help="samples run in parallel (default: CPU count)")
+    code.add_argument("--label", help="name of this checkpoint in reports")
+    code.add_argument("--out", help="result JSON (default: $WORKSPACE/results/<label>/eval_code.json)")
+    _chat_args(code, "raw")
+    _sampling_args(code, 512, None)
+
+    loss = evsub.add_parser("loss", help="validation loss / perplexity on indexed datasets")
+    _model_args(loss)
+    loss.add_argument("--data", action="append", required=True, metavar="NAME=PREFIX",
+                      help="an indexed dataset prefix (PREFIX.bin/.idx), e.g. code=$WORKSPACE/data/the-stack/text_document")  # fmt: skip
+    loss.add_argument("--seq-length", type=int, default=4096)
+    loss.add_argument(
+        "--split", help="Megatron split string of the training run (e.g. 998,1,1); default: every document"
+    )
+    loss.add_argument("--split-name", choices=("train", "validation", "test"), default="validation")
+    loss.add_argument("--max-tokens", type=int, default=1_000_000, help="per dataset (0 = all)")
+    loss.add_argument("--batch-size", type=int, default=1)
+    loss.add_argument("--label")
+    loss.add_argument("--out", help="result JSON (default: $WORKSPACE/results/<label>/eval_loss.json)")
+
+    rep = sub.add_parser("report", help="Markdown + PNG comparing evaluated checkpoints")
+    rep.add_argument("results", nargs="+", help="eval_*.json files or directories holding them")
+    rep.add_argument("--name", required=True, help="written to $WORKSPACE/results/<name>/report.{md,png}")
+    rep.add_argument("--title", default="gpt-oss checkpoints compared")
+    return p
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def default_label(checkpoint: str, iteration: int | None = None) -> str:
+    p = Path(checkpoint).absolute()
+    label = f"{p.parent.name}-{p.name}" if p.name in ("hf", "megatron") else p.name
+    return f"{label}-iter{iteration}" if iteration is not None else label
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from inference.backends import load_backend
+
+    kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, iteration=args.iteration, base=args.base, merge=args.merge_lora)
+    if args.device:
+        kwargs["device"] = args.device
+    if args.dtype:
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    backend = load_backend(args.checkpoint, **kwargs)
+    if _rank0():
+        print(f"loaded {backend.name}", file=sys.stderr)
+    return backend
+
+
+def _params(args: argparse.Namespace, temperature: float):
+    from inference.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_token_ids=tuple(args.stop_token),
+        stop_strings=tuple(args.stop),
+    )
+
+
+def read_prompts(path: str) -> list:
+    """Prompts from a file: JSONL objects with "prompt" (str) or "messages" (chat), or text lines."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such prompts file")
+    out: list = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{n}: not JSON ({e})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                out.append(obj["prompt"])
+            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                out.append(obj["messages"])
+            else:
+                raise ValueError(f'{p}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+        else:
+            out.append(line)
+    if not out:
+        raise ValueError(f"{p}: no prompts")
+    return out
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
+    from gptoss.tokenizer import encoding
+    from inference import chat
+    from inference.sampling import generate
+
+    prompts: list = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise ValueError("no prompt: give --prompt TEXT or --prompts-file FILE")
+    enc = encoding()
+    ids = []
+    for p in prompts:
+        if args.mode == "chat":
+            ids.append(
+                chat.render_chat(
+                    p, reasoning_effort=args.reasoning_effort, system=args.system, developer=args.developer
+                )
+            )
+        elif isinstance(p, str):
+            ids.append(enc.encode(p, allowed_special="all"))  # raw mode: special tokens written out are honoured
+        else:
+            raise ValueError("a {'messages': [...]} prompt needs --mode chat")
+    params = _params(args, args.temperature)
+    stops = chat.chat_stop_ids() if args.mode == "chat" else chat.raw_stop_ids()
+    from dataclasses import replace
+
+    params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *stops}))
+    backend = _load(args)
+    stream = len(ids) == 1 and not args.no_stream and _rank0()
+
+    def on_text(_i: int, chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    results = []
+    t0 = time.time()
+    for b in range(0, len(ids), args.batch_size):
+        batch = ids[b : b + args.batch_size]
+        seeds = [args.seed * 1_000_003 + b + i for i in range(len(batch))]
+        results += generate(backend, batch, params, on_text=on_text if stream else None, seeds=seeds)
+    if not _rank0():
+        return EXIT_OK
+    records = []
+    for i, (p, g) in enumerate(zip(prompts, results)):
+        rec = {"prompt": p, "completion": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
+        if args.mode == "chat":
+            rec["final"] = chat.final_text(g.tokens)
+            rec["messages"] = [m.__dict__ for m in chat.parse_completion(g.tokens)]
+        records.append(rec)
+        if not stream:
+            print(f"=== [{i}] {g.finish_reason}, {len(g.tokens)} tokens ===")
+            print(rec.get("final") if args.mode == "chat" else g.text)
+    if stream:
+        print()
+        if args.mode == "chat":
+            print(f"--- final answer ---\n{records[0]['final']}")
+    n_tok = sum(len(g.tokens) for g in results)
+    print(f"{n_tok} tokens in {time.time() - t0:.1f}s ({backend.name})", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            for rec in records:
+                f.write(json.dumps({**rec, "command": _command(argv)}) + "\n")
+    return EXIT_OK
+
+
+def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
+    from gptoss import workspace
+    from inference import codeeval
+    from inference.sandbox import Limits, resolve_strategy
+
+    problems = codeeval.load_problems(args.problems or codeeval.SHIPPED)[: args.limit]
+    ks = codeeval.k_values(1 if args.canonical else args.n, [int(k) for k in args.k.split(",") if k.strip()])
+    strategy = resolve_strategy(args.sandbox)  # before loading a model: isolation missing is an error
+    if strategy == "rlimits" and _rank0():
+        print("WARNING: --sandbox rlimits: generated code runs WITHOUT filesystem/network isolation", file=sys.stderr)
+    limits = Limits(timeout_s=args.timeout, memory_bytes=args.memory_mb << 20)
+    if args.canonical:
+        label = args.label or "canonical"
+        completions = codeeval.canonical_completions(problems)
+        mode, temperature = "raw", 0.0
+    else:
+        if not args.checkpoint:
+            raise ValueError("give a checkpoint directory, or --canonical to score the canonical solutions")
+        label = args.label or default_label(args.checkpoint, args.iteration)
+        temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.8)
+        if args.n > 1 and temperature == 0.0:
+            raise ValueError("--n > 1 with greedy decoding gives n identical samples: set --temperature (e.g. 0.8)")
+        backend = _load(args)
+        mode = args.mode
+        t0 = time.time()
+
+        def progress(done: int, total: int) -> None:
+            if _rank0():
+                print(f"\rgenerated {done}/{total} samples ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
+
+        completions = codeeval.sample_completions(
+            backend, problems, args.n, _params(args, temperature), mode,
+            batch_size=args.batch_size, reasoning_effort=args.reasoning_effort, progress=progress,
+        )  # fmt: skip
+        if _rank0():
+            print(file=sys.stderr)
+    if not _rank0():
+        return EXIT_OK
+    result = codeeval.score(
+        problems, completions, mode=mode, ks=ks, limits=limits, strategy=strategy, workers=args.workers
+    )
+    out = Path(args.out) if args.out else workspace.results_dir(label) / "eval_code.json"
+    record = {
+        "kind": "code",
+        "label": label,
+        "checkpoint": None if args.canonical else str(Path(args.checkpoint).absolute()),
+        "command": _command(argv),
+        "problems_file": str(Path(args.problems or codeeval.SHIPPED).absolute()),
+        "mode": mode,
+        "n": 1 if args.canonical else args.n,
+        "temperature": temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "limits": {"timeout_s": limits.timeout_s, "memory_bytes": limits.memory_bytes},
+        **result.to_dict(),
+    }
+    _write_json(out, record)
+    print(f"{label}: {codeeval.summary_line(result)}")
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_eval_loss(args: argparse.Namespace, argv: list[str]) -> int:
+    from gptoss import workspace
+    from inference.loss import validation_loss
+
+    sets = {}
+    for item in args.data:
+        name, sep, prefix = item.partition("=")
+        if not sep or not name or not prefix:
+            raise ValueError(
+                f"--data {item!r}: expected NAME=PREFIX, e.g. code=$WORKSPACE/data/the-stack/text_document"
+            )
+        for suffix in (".bin", ".idx"):
+            if not Path(prefix + suffix).is_file():
+                raise ValueError(
+                    f"--data {name}: {prefix}{suffix} is missing: make it with `python -m data_prep pretrain INPUTS -o DIR`"
+                )
+        sets[name] = prefix
+    label = args.label or default_label(args.checkpoint, args.iteration)
+    backend = _load(args)
+    datasets = {}
+    for name, prefix in sets.items():
+        r = validation_loss(
+            backend, prefix, args.seq_length, split=args.split, split_name=args.split_name,
+            max_tokens=args.max_tokens or None, batch_size=args.batch_size,
+        )  # fmt: skip
+        datasets[name] = r.to_dict()
+        if _rank0():
+            print(
+                f"{label} {name}: loss {r.loss:.4f}, perplexity {r.perplexity:.3f} ({r.tokens:,} tokens, {r.documents:,} documents)"
+            )
+    if not _rank0():
+        return EXIT_OK
+    out = Path(args.out) if args.out else workspace.results_dir(label) / "eval_loss.json"
+    record = {
+        "kind": "loss",
+        "label": label,
+        "checkpoint": str(Path(args.checkpoint).absolute()),
+        "command": _command(argv),
+        "seq_length": args.seq_length,
+        "split": args.split,
+        "split_name": args.split_name if args.split else "all",
+        "datasets": datasets,
+    }
+    _write_json(out, record)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    from gptoss import workspace
+    from inference.report import load_results, write_report
+
+    results = load_results(args.results)
+    md, png = write_report(results, workspace.results_dir(args.name), args.title, _command(argv))
+    print(f"wrote {md} and {png}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's torch.compile'd ops target CUDA
+    from conversion.hf_io import ConversionError
+    from inference.backends import CheckpointError
+    from inference.sandbox import SandboxUnavailable
+
+    commands = {"generate": cmd_generate, "report": cmd_report}
+    fn = commands.get(args.cmd) or {"code": cmd_eval_code, "loss": cmd_eval_loss}[args.what]
+    try:
+        return fn(args, argv)
+    except (CheckpointError, ConversionError, SandboxUnavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

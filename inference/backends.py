@@ -1,0 +1,460 @@
+"""Two ways to run a gpt-oss checkpoint, one interface (`inference.sampling.Backend`):
+
+- `HFBackend`: transformers' GptOssForCausalLM from an HF directory (bf16, or MXFP4 experts
+  dequantized by the kit's codec as conversion.validate does), eager attention (the implementation
+  with sinks; transformers has no SDPA path for gpt-oss), a KV cache, left padding for batches.
+- `MegatronBackend`: the Megatron model of a checkpoint written by `conversion import` or by
+  training (pretraining, continued pretraining, SFT; LoRA runs with their base), on CPU in one
+  process or under torchrun with the TP/PP/EP layout given. It recomputes the whole sequence every
+  step (no KV cache): fine for checks and small evaluations, slow for long generations (use the HF
+  export for those). Attention is Megatron's unfused DotProductAttention ("local" backend), the
+  path that implements learnable sinks; Transformer Engine's fused attention is not used here.
+
+`load_backend(path)` picks the backend from what the directory holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MEGATRON_MARKERS = ("latest_checkpointed_iteration.txt",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the path and the command that makes one."""
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    # gptoss.cpu.cuda_available without importing gptoss.cpu (it imports Megatron: seconds, for HF)
+    real = getattr(torch.cuda, "real_is_available", torch.cuda.is_available)
+    return torch.device("cuda" if real() else "cpu")
+
+
+# =============================================================================================
+# HF
+# =============================================================================================
+
+
+class HFBackend:
+    """transformers' GptOssForCausalLM with a KV cache (reused while every sequence grows by one token)."""
+
+    def __init__(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None) -> None:
+        from transformers import GptOssConfig, GptOssForCausalLM
+
+        from conversion.hf_io import ConversionError, HFCheckpoint
+
+        try:
+            src = HFCheckpoint(path)
+        except ConversionError as e:
+            raise CheckpointError(str(e)) from None
+        self.name = f"hf:{path}"
+        self.device = _device(device)
+        # fp32 on CPU (exact comparisons with Megatron), bf16 on a GPU (what the weights are)
+        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        config = GptOssConfig.from_dict({k: v for k, v in src.config.items() if k != "quantization_config"})
+        config._attn_implementation = "eager"  # the implementation with attention sinks
+        with torch.device("meta"):
+            model = GptOssForCausalLM(config)
+        state = {name: t.to(self.dtype) for name, t in src.dequantized()}
+        model.load_state_dict(state, strict=True, assign=True)
+        del state
+        model.model.rotary_emb.__init__(config, device="cpu")  # non-persistent buffers stay on meta otherwise
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self._seqs: list[list[int]] | None = None
+        self._past: Any = None
+        self._mask: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def next_token_logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        if self._extends_cache(sequences):
+            new = torch.tensor([[s[-1]] for s in sequences], device=self.device)
+            mask = torch.cat([self._mask, torch.ones(len(sequences), 1, dtype=torch.long, device=self.device)], 1)
+        else:
+            # Left padding: every sequence ends at the last column, so the next step appends one
+            # column for all. Pads are masked out and positions count real tokens only.
+            width = max(len(s) for s in sequences)
+            new = torch.zeros(len(sequences), width, dtype=torch.long, device=self.device)
+            mask = torch.zeros_like(new)
+            for i, s in enumerate(sequences):
+                new[i, width - len(s) :] = torch.tensor(s)
+                mask[i, width - len(s) :] = 1
+            self._past = None
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1] :]
+        out = self.model(
+            input_ids=new,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._past,
+            use_cache=True,
+            logits_to_keep=1,  # the LM head only at the last position (201k columns per token otherwise)
+        )
+        self._past, self._mask, self._seqs = out.past_key_values, mask, [list(s) for s in sequences]
+        return out.logits[:, -1].float()
+
+    def _extends_cache(self, sequences: list[list[int]]) -> bool:
+        if self._seqs is None or len(sequences) != len(self._seqs):
+            return False
+        return all(len(s) == len(c) + 1 and s[:-1] == c for s, c in zip(sequences, self._seqs))
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits [B, T, V] in fp32 (equal-length rows, no padding)."""
+        ids = ids.to(self.device)
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits.float()
+
+
+# =============================================================================================
+# Megatron
+# =============================================================================================
+
+
+def _iter_dir(ckpt: Path, iteration: int | None) -> Path:
+    if iteration is None:
+        tracker = ckpt / "latest_checkpointed_iteration.txt"
+        if not tracker.is_file():
+            raise CheckpointError(f"{tracker}: missing (not a Megatron checkpoint directory)")
+        it = tracker.read_text().strip()
+        name = "release" if it == "release" else f"iter_{int(it):07d}"
+    else:
+        name = f"iter_{iteration:07d}"
+    d = ckpt / name
+    if not (d / "metadata.json").is_file():
+        have = sorted(p.name for p in ckpt.glob("iter_*"))
+        raise CheckpointError(
+            f"{d}: missing or incomplete torch_dist checkpoint (iterations present: {have or 'none'})"
+        )
+    return d
+
+
+def _run_config(iter_dir: Path) -> dict:
+    """The training run's config (megatron-bridge writes run_config.yaml beside every checkpoint)."""
+    path = iter_dir / "run_config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    # the bridge dumps Python objects (sets, enums, dtypes) with custom tags: read them as plain data
+    _Loader.add_multi_constructor("", lambda loader, suffix, node: _plain(loader, node))
+    return yaml.load(path.read_text(), Loader=_Loader) or {}
+
+
+def _plain(loader: Any, node: Any) -> Any:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
+    """The HF config of a Megatron checkpoint: its sidecar (conversion import, finished training
+    runs), else the kit architecture matching the run's model config (a run still in progress)."""
+    from conversion.hf_io import ConversionError
+    from conversion.megatron_io import read_sidecar
+
+    try:
+        return read_sidecar(ckpt)[0]
+    except ConversionError as err:
+        model = run_config.get("model") or {}
+        if not model:
+            raise CheckpointError(
+                f"{err}; and no run_config.yaml to infer the architecture from. Make the checkpoint with "
+                f"`python -m conversion import --hf HF_DIR --out {ckpt}` or a `python -m recipes run` training run"
+            ) from None
+    from gptoss.arch import ARCHS
+
+    for arch in ARCHS.values():
+        if (model.get("num_layers"), model.get("hidden_size"), model.get("num_moe_experts")) == (
+            arch.num_layers,
+            arch.hidden_size,
+            arch.num_experts,
+        ):
+            return arch.hf_config_dict()
+    raise CheckpointError(f"{ckpt}: no sidecar and the run's model matches no gpt-oss size in gptoss.arch")
+
+
+def _lora_spec(run_config: dict) -> dict | None:
+    peft = run_config.get("peft")
+    if not peft:
+        return None
+    target = str(peft.get("_target_", ""))
+    if not target.endswith("peft.lora.LoRA"):
+        raise CheckpointError(f"PEFT method {target!r} is not supported for inference (only megatron.bridge LoRA)")
+    return peft
+
+
+def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tuple[Any, list[torch.nn.Module]]:
+    """The bridge and this rank's (empty) model for `hf_config` in this layout, ready for inference."""
+    from megatron.bridge import AutoBridge
+    from megatron.core.transformer.enums import AttnBackend
+    from transformers import GptOssConfig
+
+    from conversion.hf_io import arch_from_config
+    from conversion.megatron_io import apply_arch, check_layout, setup_parallel
+    from gptoss import cpu
+
+    plain = {k: v for k, v in hf_config.items() if k != "quantization_config"}
+    if tp > 1 and not cpu.cuda_available():
+        # Measured: with the local (non-TE) layer spec, SequentialMLP shards each expert by TP but
+        # reduces its output over the expert-TP group (size 1 for gpt-oss), so the MoE output of
+        # every layer is a partial sum: logits off by ~1. EP and PP are exact on CPU.
+        raise CheckpointError(
+            f"--tp {tp} needs GPUs (Transformer Engine's expert layers): on CPU megatron-core's local expert MLP "
+            "gives wrong outputs under tensor parallelism. Use --tp 1 (with --ep/--pp if needed) or the HF export"
+        )
+    check_layout(arch_from_config(plain), tp, pp, ep)
+    setup_parallel(tp, pp, ep)
+    bridge = AutoBridge.from_hf_config(GptOssConfig.from_dict(plain))
+    provider = bridge.to_megatron_provider(load_weights=False)
+    provider.tensor_model_parallel_size = tp
+    provider.pipeline_model_parallel_size = pp
+    provider.expert_model_parallel_size = ep
+    provider.expert_tensor_parallel_size = 1
+    provider.sequence_parallel = False
+    provider.vocab_size = plain["vocab_size"]
+    provider.should_pad_vocab = False
+    provider.parallel_output = False  # full-vocabulary logits on every tensor-parallel rank
+    apply_arch(provider, arch_from_config(plain))
+    if cpu.cuda_available():
+        # Megatron's own unfused attention: the path with learnable sinks (TE's fused one is not used)
+        provider.attention_backend = AttnBackend.local
+        provider.masked_softmax_fusion = False
+        provider.bf16, provider.params_dtype = True, torch.bfloat16
+    model = cpu.build_model_cpu(provider)  # CPU-friendly on CPU; provide() + .cuda() with a GPU
+    return bridge, [model]
+
+
+def _load_weights(iter_dir: Path, model: list[torch.nn.Module], *, adapters_only: bool = False) -> None:
+    from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
+
+    if not adapters_only:
+        try:
+            _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
+        except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds
+            raise CheckpointError(f"{iter_dir}: cannot load into this model: {err}") from err
+        return
+    # A LoRA checkpoint holds the adapters only: load exactly the adapter tensors.
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
+
+    sharded = model[0].sharded_state_dict()
+    wanted = {k: v for k, v in sharded.items() if ".adapter." in k and not k.endswith("_extra_state")}
+    if not wanted:
+        raise CheckpointError("the LoRA transform added no adapter to the model (target modules match nothing?)")
+    try:
+        state = dist_checkpointing.load(
+            wanted, str(iter_dir), TorchDistLoadShardedStrategy(), strict="raise_unexpected"
+        )
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{iter_dir}: cannot load the LoRA adapters: {err}") from err
+    # the loaded dict also carries the checkpoint's common state (iteration, version): keep the adapters
+    result = model[0].load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
+    missing = [k for k in result.missing_keys if ".adapter." in k]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{iter_dir}: adapter mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
+
+
+def apply_lora(model: list[torch.nn.Module], peft: dict) -> Any:
+    """Wrap the target linears of `model` with LoRA adapters as the training run did."""
+    import dataclasses
+
+    from megatron.bridge.peft.lora import LoRA
+
+    from gptoss import cpu
+
+    fields = {f.name for f in dataclasses.fields(LoRA) if f.init}
+    kwargs = {
+        k: v for k, v in peft.items() if k in fields and k not in ("params_to_save", "lora_dtype", "canonical_mapping")
+    }
+    lora = LoRA(**kwargs)
+    with cpu.on_cpu():
+        model = lora(model, training=False)
+    return lora, model
+
+
+@torch.no_grad()
+def merge_lora(model: list[torch.nn.Module]) -> int:
+    """Fold every LoRA adapter into its base weight (W += alpha/dim * B @ A) and unwrap it.
+    Returns the number of merged linears."""
+    from megatron.bridge.peft.lora_layers import LoRALinear
+    from megatron.bridge.peft.lora_merge import LoRAMerge
+    from megatron.bridge.peft.utils import is_expert_linear
+    from megatron.core import parallel_state
+
+    merged = 0
+    for chunk in model:
+        for name, module in list(chunk.named_modules()):
+            if not isinstance(module, LoRALinear):
+                continue
+            base, ad = module.to_wrap, module.adapter
+            group = (
+                parallel_state.get_expert_tensor_parallel_group()
+                if is_expert_linear(name)
+                else parallel_state.get_tensor_model_parallel_group()
+            )
+            base.weight.data = LoRAMerge().merge(
+                base.weight.data, ad.linear_out.weight.data, ad.linear_in.weight.data, ad.alpha, ad.dim, tp_group=group
+            )
+            parent_name, _, child = name.rpartition(".")
+            setattr(chunk.get_submodule(parent_name) if parent_name else chunk, child, base)
+            merged += 1
+    return merged
+
+
+class MegatronBackend:
+    """A Megatron checkpoint, loaded for inference (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        tp: int = 1,
+        pp: int = 1,
+        ep: int = 1,
+        iteration: int | None = None,
+        base: str | os.PathLike | None = None,
+        merge: bool = False,
+    ) -> None:
+        ckpt = Path(path)
+        iter_dir = _iter_dir(ckpt, iteration)
+        run_config = _run_config(iter_dir)
+        peft = _lora_spec(run_config)
+        self.name = f"megatron:{ckpt}"
+        self.lora_merged: int | None = None
+        if peft is None:
+            hf_config = _hf_config_for(ckpt, run_config)
+            self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
+            _load_weights(iter_dir, self.model)
+        else:
+            base = Path(base or (run_config.get("checkpoint") or {}).get("pretrained_checkpoint") or "")
+            if not str(base) or not base.is_dir():
+                raise CheckpointError(
+                    f"{ckpt} is a LoRA run; its base checkpoint {str(base) or '(not recorded)'} does not exist: pass "
+                    "--base DIR (the Megatron checkpoint the adapters were trained on, e.g. made by "
+                    "`python -m conversion import`)"
+                )
+            hf_config = _hf_config_for(base, _run_config(_iter_dir(base, None)))
+            self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
+            _load_weights(_iter_dir(base, None), self.model)
+            _, self.model = apply_lora(self.model, peft)
+            _load_weights(iter_dir, self.model, adapters_only=True)
+            if merge:
+                self.lora_merged = merge_lora(self.model)
+            self.name += f" (LoRA on {base}{', merged' if merge else ''})"
+        for m in self.model:
+            m.eval()
+        self.hf_config = hf_config
+        self.vocab_size = hf_config["vocab_size"]
+        self.device = next(self.model[0].parameters()).device
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] (fp32) of equal-length rows; on every rank (collective)."""
+        from megatron.core import parallel_state
+
+        from gptoss import cpu
+
+        ids = ids.to(self.device)
+        pos = torch.arange(ids.shape[1], device=self.device)[None].expand(ids.shape[0], -1)
+        if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+            with cpu.on_cpu():
+                return self.model[0](ids, pos, None).float()
+        return self._forward_pipeline(ids, pos)
+
+    def _forward_pipeline(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """PP > 1, one micro-batch, forward only: receive the previous stage's hidden states, run
+        this stage, send them on; the last stage broadcasts the logits to every stage. (Plain
+        send/recv rather than Megatron's training schedule, which hard-codes CUDA tensors.)"""
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        from gptoss import cpu
+
+        model = self.model[0]
+        hidden_shape = (ids.shape[1], ids.shape[0], self.hf_config["hidden_size"])  # Megatron's [s, b, h]
+        dtype = next(model.parameters()).dtype
+        if not ps.is_pipeline_first_stage():
+            hidden = torch.empty(hidden_shape, dtype=dtype, device=self.device)
+            dist.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank())
+            model.set_input_tensor(hidden)
+        with cpu.on_cpu():
+            out = model(ids, pos, None)
+        logits_shape = (ids.shape[0], ids.shape[1], self.vocab_size)
+        if ps.is_pipeline_last_stage():
+            logits = out.float().contiguous()
+        else:
+            dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
+            logits = torch.empty(logits_shape, dtype=torch.float32, device=self.device)
+        dist.broadcast(
+            logits, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
+        return logits
+
+    def next_token_logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        # Right padding: under causal attention (full or sliding) no real token sees a pad to its
+        # right, so each row's logits at its own last position are exactly the unpadded ones.
+        width = max(len(s) for s in sequences)
+        ids = torch.zeros(len(sequences), width, dtype=torch.long)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)] = torch.tensor(s)
+        logits = self.forward(ids)
+        last = torch.tensor([len(s) - 1 for s in sequences], device=logits.device)
+        return logits[torch.arange(len(sequences), device=logits.device), last].float().cpu()
+
+
+# =============================================================================================
+# Choosing
+# =============================================================================================
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """'megatron' or 'hf', from the files in `path`; CheckpointError naming what is missing."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"{p}: no such checkpoint. Make one with `python -m conversion import --hf HF_DIR --out {p}` "
+            f"(Megatron), `python -m conversion export --megatron DIR --out {p}` (HF) or a training run"
+        )
+    if any((p / m).is_file() for m in MEGATRON_MARKERS):
+        return "megatron"
+    if (p / "config.json").is_file():
+        cfg = json.loads((p / "config.json").read_text())
+        if cfg.get("model_type") != "gpt_oss":
+            raise CheckpointError(f"{p / 'config.json'}: model_type {cfg.get('model_type')!r} is not gpt_oss")
+        return "hf"
+    raise CheckpointError(
+        f"{p}: neither a Megatron checkpoint (latest_checkpointed_iteration.txt) nor an HF one (config.json)"
+    )
+
+
+def load_backend(path: str | os.PathLike, **kwargs: Any):
+    """HFBackend or MegatronBackend for `path`; kwargs go to the chosen class (unknown ones are
+    refused when they matter: a Megatron layout for an HF directory)."""
+    kind = checkpoint_kind(path)
+    if kind == "hf":
+        layout = {k: kwargs.pop(k) for k in ("tp", "pp", "ep") if k in kwargs}
+        if any(v != 1 for v in layout.values()):
+            raise CheckpointError(f"{path} is an HF checkpoint: --tp/--pp/--ep apply to Megatron checkpoints only")
+        for k in ("iteration", "base", "merge"):
+            if kwargs.pop(k, None) not in (None, False):
+                raise CheckpointError(f"{path} is an HF checkpoint: --{k} applies to Megatron checkpoints only")
+        return HFBackend(path, **kwargs)
+    kwargs.pop("dtype", None)
+    kwargs.pop("device", None)
+    return MegatronBackend(path, **kwargs)
