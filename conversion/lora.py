@@ -17,9 +17,6 @@ from typing import Any
 
 from conversion.hf_io import ConversionError
 
-# LoRA fields of run_config.yaml that the LoRA constructor takes (the rest is bookkeeping)
-_LORA_FIELDS = ("target_modules", "exclude_modules", "dim", "alpha", "dropout", "dropout_position")
-
 
 def run_config(iter_dir: Path) -> dict[str, Any]:
     from megatron.bridge.training.utils.checkpoint_utils import read_run_config
@@ -29,13 +26,19 @@ def run_config(iter_dir: Path) -> dict[str, Any]:
 
 
 def peft_settings(iter_dir: Path) -> dict[str, Any] | None:
-    """The LoRA settings a checkpoint was trained with, or None for a full-weight checkpoint."""
+    """The LoRA constructor arguments a checkpoint was trained with, or None for full weights."""
+    import dataclasses
+
+    from megatron.bridge.peft.lora import LoRA
+
     peft = run_config(iter_dir).get("peft") or None
     if peft is None:
         return None
-    if "LoRA" not in str(peft.get("_target_", "")):
+    if not str(peft.get("_target_", "")).endswith("peft.lora.LoRA"):
         raise ConversionError(f"{iter_dir}: PEFT method {peft.get('_target_')} is not supported (LoRA only)")
-    return {k: peft[k] for k in _LORA_FIELDS if k in peft}
+    fields = {f.name for f in dataclasses.fields(LoRA) if f.init}
+    skip = ("params_to_save", "lora_dtype", "canonical_mapping")  # run state, not settings
+    return {k: v for k, v in peft.items() if k in fields and k not in skip}
 
 
 def base_of(iter_dir: Path) -> Path:
@@ -50,34 +53,41 @@ def base_of(iter_dir: Path) -> Path:
     return Path(base)
 
 
+def attach_adapters(model: list, iter_dir: Path, settings: dict[str, Any]) -> tuple[Any, list]:
+    """Wrap `model` (its base weights loaded) with the run's LoRA and load the adapters from
+    `iter_dir`. Returns (lora, model). Collective."""
+    from megatron.bridge.peft.lora import LoRA
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
+
+    from gptoss import cpu
+
+    lora = LoRA(**settings)
+    with cpu.on_cpu():
+        model = lora(model, training=False)
+    # the run's checkpoint holds the adapters only: load exactly those tensors
+    wanted = {k: v for k, v in model[0].sharded_state_dict().items() if ".adapter." in k and not k.endswith("_extra_state")}
+    if not wanted:
+        raise ConversionError(f"{iter_dir}: the run's LoRA targets {settings.get('target_modules')} match no module")
+    try:
+        state = dist_checkpointing.load(wanted, str(iter_dir), TorchDistLoadShardedStrategy(), strict="raise_unexpected")
+    except Exception as err:  # noqa: BLE001 - name the checkpoint whatever dist_checkpointing raised
+        raise ConversionError(f"{iter_dir}: cannot load the LoRA adapters: {err}") from err
+    # the loaded dict also carries the checkpoint's common state (iteration, version): keep the adapters
+    result = model[0].load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
+    missing = [k for k in result.missing_keys if ".adapter." in k]
+    if missing or result.unexpected_keys:
+        raise ConversionError(f"{iter_dir}: adapter mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return lora, model
+
+
 def load_lora_run(run_dir: str | os.PathLike, iter_dir: Path, settings: dict[str, Any], *, tp=1, pp=1, ep=1):
     """(bridge, [model with adapters loaded], hf_config, meta, lora). Collective."""
-    from megatron.bridge.peft.lora import LoRA
-    from megatron.bridge.training.checkpointing import (
-        _generate_model_state_dict,
-        apply_peft_adapter_filter_to_state_dict,
-    )
-    from megatron.core import dist_checkpointing
-
     from conversion.megatron_io import load_megatron
 
     bridge, model, config, meta = load_megatron(base_of(iter_dir), tp=tp, pp=pp, ep=ep)
-    lora = LoRA(**settings)
-    model = lora(model, training=False)
-    # only the adapters come from the run's checkpoint: the base is already in place
-    state = apply_peft_adapter_filter_to_state_dict(_generate_model_state_dict(model, {}), lora)
-    try:
-        loaded = dist_checkpointing.load(state, str(iter_dir))
-    except Exception as err:  # noqa: BLE001 - name the checkpoint whatever dist_checkpointing raised
-        raise ConversionError(f"{iter_dir}: cannot load the LoRA adapters: {err}") from err
-    key = "model" if "model" in loaded else next(k for k in loaded if k.startswith("model"))
-    missing, _ = model[0].load_state_dict(loaded[key], strict=False)
-    if not any(".adapter." in k for k in loaded[key]):
-        raise ConversionError(f"{iter_dir}: no adapter weights found (was this a LoRA run?)")
-    adapters_missing = [k for k in missing if ".adapter." in k]
-    if adapters_missing:
-        raise ConversionError(f"{iter_dir}: adapters missing from the checkpoint, e.g. {adapters_missing[:3]}")
-    meta = {**meta, "lora": {"run": str(run_dir), "base": str(base_of(iter_dir)), **settings}}
+    lora, model = attach_adapters(model, iter_dir, settings)
+    meta = {**meta, "lora": {"run": str(run_dir), "base": str(base_of(iter_dir))}}
     return bridge, model, config, meta, lora
 
 
@@ -163,24 +173,36 @@ def _expert_adapters(model: list) -> dict[int, dict[str, tuple]]:
 
 
 def merge_into_base(model: list) -> int:
-    """Fold every adapter into its base weight in Megatron's own layout, then drop the wrappers.
+    """Fold every adapter into its base weight in Megatron's own layout (W += alpha/dim * B @ A,
+    gathering TP shards of the adapter over the group of its layer), then drop the wrappers.
 
     The bridge can merge while exporting, but for gpt-oss experts it adds B@A (Megatron's [out, in],
     gate and up concatenated) to the HF tensor (transposed, gate/up interleaved) and fails on the
     shapes. Merging here first leaves plain modules, which the bridge's tested full-weight mapping
-    then exports. LoRALinear.weight is the merged weight (gathering TP shards of the adapter).
-    Returns the number of merged modules.
+    then exports. Returns the number of merged linears.
     """
     import torch
     from megatron.bridge.peft.lora_layers import LoRALinear
+    from megatron.bridge.peft.lora_merge import LoRAMerge
+    from megatron.bridge.peft.utils import is_expert_linear
+    from megatron.core import parallel_state
 
     merged = 0
     for chunk in model:
-        wrappers = [(name, m) for name, m in chunk.named_modules() if isinstance(m, LoRALinear)]
-        for name, wrapper in wrappers:
+        for name, module in list(chunk.named_modules()):
+            if not isinstance(module, LoRALinear):
+                continue
+            base, ad = module.to_wrap, module.adapter
+            group = (
+                parallel_state.get_expert_tensor_parallel_group()
+                if is_expert_linear(name)
+                else parallel_state.get_tensor_model_parallel_group()
+            )
             with torch.no_grad():
-                wrapper.to_wrap.weight.copy_(wrapper.weight)
-            parent_name, _, attr = name.rpartition(".")
-            setattr(chunk.get_submodule(parent_name) if parent_name else chunk, attr, wrapper.to_wrap)
+                base.weight.data = LoRAMerge().merge(
+                    base.weight.data, ad.linear_out.weight.data, ad.linear_in.weight.data, ad.alpha, ad.dim, tp_group=group
+                )
+            parent_name, _, child = name.rpartition(".")
+            setattr(chunk.get_submodule(parent_name) if parent_name else chunk, child, base)
             merged += 1
     return merged

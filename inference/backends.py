@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from conversion import lora
+
 MEGATRON_MARKERS = ("latest_checkpointed_iteration.txt",)
 
 
@@ -187,16 +189,6 @@ def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
     raise CheckpointError(f"{ckpt}: no sidecar and the run's model matches no gpt-oss size in gptoss.arch")
 
 
-def _lora_spec(run_config: dict) -> dict | None:
-    peft = run_config.get("peft")
-    if not peft:
-        return None
-    target = str(peft.get("_target_", ""))
-    if not target.endswith("peft.lora.LoRA"):
-        raise CheckpointError(f"PEFT method {target!r} is not supported for inference (only megatron.bridge LoRA)")
-    return peft
-
-
 def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tuple[Any, list[torch.nn.Module]]:
     """The bridge and this rank's (empty) model for `hf_config` in this layout, ready for inference."""
     from megatron.bridge import AutoBridge
@@ -238,83 +230,13 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
     return bridge, [model]
 
 
-def _load_weights(iter_dir: Path, model: list[torch.nn.Module], *, adapters_only: bool = False) -> None:
+def _load_weights(iter_dir: Path, model: list[torch.nn.Module]) -> None:
     from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
 
-    if not adapters_only:
-        try:
-            _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
-        except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds
-            raise CheckpointError(f"{iter_dir}: cannot load into this model: {err}") from err
-        return
-    # A LoRA checkpoint holds the adapters only: load exactly the adapter tensors.
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
-
-    sharded = model[0].sharded_state_dict()
-    wanted = {k: v for k, v in sharded.items() if ".adapter." in k and not k.endswith("_extra_state")}
-    if not wanted:
-        raise CheckpointError("the LoRA transform added no adapter to the model (target modules match nothing?)")
     try:
-        state = dist_checkpointing.load(
-            wanted, str(iter_dir), TorchDistLoadShardedStrategy(), strict="raise_unexpected"
-        )
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{iter_dir}: cannot load the LoRA adapters: {err}") from err
-    # the loaded dict also carries the checkpoint's common state (iteration, version): keep the adapters
-    result = model[0].load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
-    missing = [k for k in result.missing_keys if ".adapter." in k]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"{iter_dir}: adapter mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
-        )
-
-
-def apply_lora(model: list[torch.nn.Module], peft: dict) -> Any:
-    """Wrap the target linears of `model` with LoRA adapters as the training run did."""
-    import dataclasses
-
-    from megatron.bridge.peft.lora import LoRA
-
-    from gptoss import cpu
-
-    fields = {f.name for f in dataclasses.fields(LoRA) if f.init}
-    kwargs = {
-        k: v for k, v in peft.items() if k in fields and k not in ("params_to_save", "lora_dtype", "canonical_mapping")
-    }
-    lora = LoRA(**kwargs)
-    with cpu.on_cpu():
-        model = lora(model, training=False)
-    return lora, model
-
-
-@torch.no_grad()
-def merge_lora(model: list[torch.nn.Module]) -> int:
-    """Fold every LoRA adapter into its base weight (W += alpha/dim * B @ A) and unwrap it.
-    Returns the number of merged linears."""
-    from megatron.bridge.peft.lora_layers import LoRALinear
-    from megatron.bridge.peft.lora_merge import LoRAMerge
-    from megatron.bridge.peft.utils import is_expert_linear
-    from megatron.core import parallel_state
-
-    merged = 0
-    for chunk in model:
-        for name, module in list(chunk.named_modules()):
-            if not isinstance(module, LoRALinear):
-                continue
-            base, ad = module.to_wrap, module.adapter
-            group = (
-                parallel_state.get_expert_tensor_parallel_group()
-                if is_expert_linear(name)
-                else parallel_state.get_tensor_model_parallel_group()
-            )
-            base.weight.data = LoRAMerge().merge(
-                base.weight.data, ad.linear_out.weight.data, ad.linear_in.weight.data, ad.alpha, ad.dim, tp_group=group
-            )
-            parent_name, _, child = name.rpartition(".")
-            setattr(chunk.get_submodule(parent_name) if parent_name else chunk, child, base)
-            merged += 1
-    return merged
+        _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
+    except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds
+        raise CheckpointError(f"{iter_dir}: cannot load into this model: {err}") from err
 
 
 class MegatronBackend:
@@ -334,7 +256,7 @@ class MegatronBackend:
         ckpt = Path(path)
         iter_dir = _iter_dir(ckpt, iteration)
         run_config = _run_config(iter_dir)
-        peft = _lora_spec(run_config)
+        peft = lora.peft_settings(iter_dir)
         self.name = f"megatron:{ckpt}"
         self.lora_merged: int | None = None
         if peft is None:
@@ -352,10 +274,9 @@ class MegatronBackend:
             hf_config = _hf_config_for(base, _run_config(_iter_dir(base, None)))
             self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
             _load_weights(_iter_dir(base, None), self.model)
-            _, self.model = apply_lora(self.model, peft)
-            _load_weights(iter_dir, self.model, adapters_only=True)
+            _, self.model = lora.attach_adapters(self.model, iter_dir, peft)
             if merge:
-                self.lora_merged = merge_lora(self.model)
+                self.lora_merged = lora.merge_into_base(self.model)
             self.name += f" (LoRA on {base}{', merged' if merge else ''})"
         for m in self.model:
             m.eval()
