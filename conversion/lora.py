@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from conversion.hf_io import ConversionError
+from gptoss.compat import import_bridge
+
+import_bridge()  # megatron.bridge's training modules need the shim (Python 3.11, no TE) before import
 
 
 def run_config(iter_dir: Path) -> dict[str, Any]:

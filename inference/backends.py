@@ -200,15 +200,13 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
     from gptoss import cpu
 
     plain = {k: v for k, v in hf_config.items() if k != "quantization_config"}
-    if tp > 1 and not cpu.cuda_available():
-        # Measured: with the local (non-TE) layer spec, SequentialMLP shards each expert by TP but
-        # reduces its output over the expert-TP group (size 1 for gpt-oss), so the MoE output of
-        # every layer is a partial sum: logits off by ~1. EP and PP are exact on CPU.
-        raise CheckpointError(
-            f"--tp {tp} needs GPUs (Transformer Engine's expert layers): on CPU megatron-core's local expert MLP "
-            "gives wrong outputs under tensor parallelism. Use --tp 1 (with --ep/--pp if needed) or the HF export"
-        )
     check_layout(arch_from_config(plain), tp, pp, ep)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % (tp * pp * ep):
+        raise CheckpointError(
+            f"--tp {tp} --pp {pp} --ep {ep} needs a multiple of {tp * pp * ep} processes, this run has {world}: "
+            f"launch with torchrun --nproc-per-node {tp * pp * ep} -m inference ..."
+        )
     setup_parallel(tp, pp, ep)
     bridge = AutoBridge.from_hf_config(GptOssConfig.from_dict(plain))
     provider = bridge.to_megatron_provider(load_weights=False)
