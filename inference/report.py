@@ -65,13 +65,19 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def markdown(results: list[dict], title: str, command: str, chart: str | None) -> str:
-    labels = _labels(results)
+def _by_kind(results: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({label: code result}, {label: {dataset: loss result}}): loss runs of one label are merged."""
     code = {r["label"]: r for r in results if r["kind"] == "code"}
     loss: dict[str, dict] = {}
     for r in results:
         if r["kind"] == "loss":
             loss.setdefault(r["label"], {}).update(r["datasets"])
+    return code, loss
+
+
+def markdown(results: list[dict], title: str, command: str, chart: str | None) -> str:
+    labels = _labels(results)
+    code, loss = _by_kind(results)
     lines = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `{command}`.", ""]
     if chart:
         lines += [f"![pass@k and validation loss]({chart})", ""]
@@ -137,11 +143,7 @@ def chart(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = _labels(results)
-    code = {r["label"]: r for r in results if r["kind"] == "code"}
-    loss: dict[str, dict] = {}
-    for r in results:
-        if r["kind"] == "loss":
-            loss.setdefault(r["label"], {}).update(r["datasets"])
+    code, loss = _by_kind(results)
     panels = [p for p in ("code", "loss") if (code if p == "code" else loss)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     width = 0.8 / max(1, len(labels))

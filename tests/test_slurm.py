@@ -143,6 +143,13 @@ def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws):
     ):
         assert time.time() < deadline, output(ws, job)
         time.sleep(0.5)
+    # ...but only once slurmd has finished tearing down the first run: a job released while its node
+    # is still COMPLETING is started with a revoked credential and fails ("non-startable batch job")
+    deadline = time.time() + 120
+    while any(s.startswith("comp") for s in cluster.run("sinfo", "-h", "-N", "-o", "%t").stdout.split()):
+        assert time.time() < deadline, output(ws, job)
+        time.sleep(0.5)
+    time.sleep(3)
     cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False)
     info = cluster.wait(job, timeout=400, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     text = output(ws, job)
