@@ -22,10 +22,29 @@ import_bridge()  # megatron.bridge's training modules need the shim (Python 3.11
 
 
 def run_config(iter_dir: Path) -> dict[str, Any]:
-    from megatron.bridge.training.utils.checkpoint_utils import read_run_config
+    """The training run's config (megatron-bridge writes run_config.yaml beside every checkpoint),
+    as plain data: the bridge dumps Python objects (sets, enums, dtypes) with custom YAML tags."""
+    import yaml
 
     path = iter_dir / "run_config.yaml"
-    return read_run_config(str(path)) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("", lambda loader, suffix, node: _plain(loader, node))
+    return yaml.load(path.read_text(), Loader=_Loader) or {}
+
+
+def _plain(loader: Any, node: Any) -> Any:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
 
 
 def peft_settings(iter_dir: Path) -> dict[str, Any] | None:

@@ -137,31 +137,6 @@ def _iter_dir(ckpt: Path, iteration: int | None) -> Path:
     return d
 
 
-def _run_config(iter_dir: Path) -> dict:
-    """The training run's config (megatron-bridge writes run_config.yaml beside every checkpoint)."""
-    path = iter_dir / "run_config.yaml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    # the bridge dumps Python objects (sets, enums, dtypes) with custom tags: read them as plain data
-    _Loader.add_multi_constructor("", lambda loader, suffix, node: _plain(loader, node))
-    return yaml.load(path.read_text(), Loader=_Loader) or {}
-
-
-def _plain(loader: Any, node: Any) -> Any:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
 def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
     """The HF config of a Megatron checkpoint: its sidecar (conversion import, finished training
     runs), else the kit architecture matching the run's model config (a run still in progress)."""
@@ -253,7 +228,7 @@ class MegatronBackend:
     ) -> None:
         ckpt = Path(path)
         iter_dir = _iter_dir(ckpt, iteration)
-        run_config = _run_config(iter_dir)
+        run_config = lora.run_config(iter_dir)
         peft = lora.peft_settings(iter_dir)
         self.name = f"megatron:{ckpt}"
         self.lora_merged: int | None = None
@@ -269,7 +244,7 @@ class MegatronBackend:
                     "--base DIR (the Megatron checkpoint the adapters were trained on, e.g. made by "
                     "`python -m conversion import`)"
                 )
-            hf_config = _hf_config_for(base, _run_config(_iter_dir(base, None)))
+            hf_config = _hf_config_for(base, lora.run_config(_iter_dir(base, None)))
             self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
             _load_weights(_iter_dir(base, None), self.model)
             _, self.model = lora.attach_adapters(self.model, iter_dir, peft)
