@@ -20,9 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def layout(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+        sp.add_argument("--tp", type=int, default=1, help="tensor parallel size (checked; the checkpoint fits any)")
         sp.add_argument("--pp", type=int, default=1, help="pipeline parallel size")
         sp.add_argument("--ep", type=int, default=1, help="expert parallel size")
+        sp.add_argument(
+            "--engine",
+            choices=("stream", "bridge"),
+            default="stream",
+            help="stream: tensor by tensor in one process, one layer in memory (default); "
+            "bridge: build the model with AutoBridge in the --tp/--pp/--ep layout, under torchrun",
+        )
 
     imp = sub.add_parser("import", help="HF checkpoint (bf16 or MXFP4) -> Megatron torch_dist")
     imp.add_argument("--hf", required=True)
@@ -31,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     layout(imp)
 
     exp = sub.add_parser(
-        "export", help="Megatron checkpoint -> HF safetensors (a LoRA run: merged weights, plus adapter/ in PEFT format)"
+        "export",
+        help="Megatron checkpoint -> HF safetensors (a LoRA run: merged weights, plus adapter/ in PEFT format)",
     )
     exp.add_argument("--megatron", required=True)
     exp.add_argument("--out", required=True)
@@ -52,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     layout(rt)
 
     rnd = sub.add_parser("random", help="a random-weight HF checkpoint of the real architecture (demo, tests)")
-    rnd.add_argument("--size", default="tiny", help="tiny | 20b | 120b (20b/120b need tens of GB)")
+    rnd.add_argument(
+        "--size", default="tiny", help="tiny | 20b | 120b (written tensor by tensor: 20b is 13 GB in MXFP4)"
+    )
+    rnd.add_argument("--mxfp4", action="store_true", help="experts in MXFP4 like the official release")
     rnd.add_argument("--out", required=True)
     rnd.add_argument("--seed", type=int, default=0)
     return p
@@ -65,25 +76,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "random":
-            from conversion.random_init import make_random_hf
+            from conversion.hf_io import atomic_output_dir
+            from conversion.random_init import make_random_hf, make_random_hf_streamed
             from gptoss.arch import get_arch
 
-            out = Path(args.out)
-            if out.exists():
-                raise ConversionError(f"{out} exists: remove it or choose another --out")
-            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            make_random_hf(tmp, get_arch(args.size), args.seed)
-            tmp.rename(out)
-            print(f"random gpt-oss-{args.size} (seed {args.seed}) -> {out}")
+            with atomic_output_dir(args.out) as tmp:
+                if args.size == "tiny" and not args.mxfp4:  # through transformers' own model class and save
+                    make_random_hf(tmp, get_arch(args.size), args.seed)
+                else:
+                    make_random_hf_streamed(tmp, get_arch(args.size), args.seed, mxfp4_experts=args.mxfp4)
+            print(f"random gpt-oss-{args.size} (seed {args.seed}) -> {args.out}")
             return 0
+        layout = {k: getattr(args, k) for k in ("tp", "pp", "ep", "engine") if hasattr(args, k)}
         if args.cmd == "import":
-            out = megatron_io.import_hf(args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, force=args.force)
+            out = megatron_io.import_hf(args.hf, args.out, force=args.force, **layout)
             print(f"imported {args.hf} -> {out}")
             return 0
         if args.cmd == "export":
-            out = megatron_io.export_hf(
-                args.megatron, args.out, dtype=args.dtype, tp=args.tp, pp=args.pp, ep=args.ep, force=args.force
-            )
+            out = megatron_io.export_hf(args.megatron, args.out, dtype=args.dtype, force=args.force, **layout)
             print(f"exported {args.megatron} -> {out} ({args.dtype})")
             return 0
         if args.cmd == "validate":
@@ -93,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "roundtrip":
             work = Path(args.work or tempfile.mkdtemp(prefix="gptoss-roundtrip-"))
             meg, hf_out = work / "megatron", work / "hf-export"
-            megatron_io.import_hf(args.hf, meg, tp=args.tp, pp=args.pp, ep=args.ep, force=True)
-            megatron_io.export_hf(meg, hf_out, dtype=args.dtype, tp=args.tp, pp=args.pp, ep=args.ep, force=True)
+            megatron_io.import_hf(args.hf, meg, force=True, **layout)
+            megatron_io.export_hf(meg, hf_out, dtype=args.dtype, force=True, **layout)
             report = validate.validate(args.hf, meg, logits=not args.no_logits)
             print(report.text())
             # the export must also read back as the source (bitwise, or dequantized for MXFP4)

@@ -196,17 +196,23 @@ class HFCheckpoint:
             names.append(name.removesuffix("_blocks"))
         return names
 
-    def get_dequantized(self, name: str) -> torch.Tensor:
-        """A tensor in the bf16 checkpoint's layout (MXFP4 experts dequantized, [E, in, out])."""
+    def get_dequantized(self, name: str, *, contiguous: bool = True) -> torch.Tensor:
+        """A tensor in the bf16 checkpoint's layout (MXFP4 experts dequantized, [E, in, out]; with
+        contiguous=False that is a transposed view of the MXFP4 [E, out, in] order)."""
         if name in self.weight_map:
             return self.get(name)
         if mxfp4.is_expert_weight(name) and name + "_blocks" in self.weight_map:
-            return mxfp4.expert_from_mxfp4(self.get(name + "_blocks"), self.get(name + "_scales"))
+            blocks, scales = self.get(name + "_blocks"), self.get(name + "_scales")
+            return mxfp4.expert_from_mxfp4(blocks, scales, contiguous=contiguous)
         raise ConversionError(f"{self.path}: no tensor {name!r} (nor its MXFP4 blocks/scales)")
 
     def dequantized(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.dequantized_names():
             yield name, self.get_dequantized(name)
+
+    def float_dtypes(self) -> set[str]:
+        """The safetensors dtypes of the stored tensors, MXFP4 blocks and scales (U8) left out."""
+        return {i["dtype"] for h in self.headers.values() for n, i in h.items() if n != "__metadata__"} - {"U8"}
 
     def nbytes(self) -> int:
         return sum((self.path / f).stat().st_size for f in self.headers)

@@ -1,13 +1,17 @@
-"""HF <-> Megatron distributed checkpoints (torch_dist), through Megatron-Bridge's AutoBridge.
+"""HF <-> Megatron distributed checkpoints (torch_dist): import, export, loading.
 
-The bridge does the name mapping, QKV fusion, gate/up de-interleave, down_proj orientation and the
-TP/PP/EP sharding; this module adds what it lacks: input checks with clear errors, CPU models
-(gptoss.cpu), an atomic output directory, the HF config + tokenizer + source dtypes stored beside
-the Megatron checkpoint (so export needs nothing else), and a streamed, sharded, optionally MXFP4
-HF export.
+Two engines write the same checkpoints (tests compare them bit for bit):
+- "stream" (default, conversion.streaming): one process, tensor by tensor, no model built; the
+  memory of one layer whatever the model size.
+- "bridge": Megatron-Bridge's AutoBridge builds the model (name mapping, QKV fusion, gate/up
+  de-interleave, down_proj orientation, TP/PP/EP sharding) in the requested layout, under torchrun;
+  it needs the whole model in memory. LoRA runs are merged in the model, so they export this way.
+This module adds what both need: input checks with clear errors, CPU models (gptoss.cpu), an
+atomic output directory, the HF config + tokenizer + source dtypes stored beside the Megatron
+checkpoint (so export needs nothing else), and a sharded, optionally MXFP4, HF writer.
 
-Multi-rank: every function here is collective; run it under torchrun with world size
-tp * pp * ep (x data parallel). Rank 0 creates and renames the output directory.
+Multi-rank (bridge engine): every function here is collective; run it under torchrun with world
+size tp * pp * ep (x data parallel). Rank 0 creates and renames the output directory.
 
 Layout of a Megatron directory written by `import_hf`:
     <dir>/iter_0000000/...               the torch_dist checkpoint (what the recipes load)
@@ -76,7 +80,8 @@ def setup_parallel(tp: int, pp: int, ep: int) -> None:
     cpu.init_parallel(tp, pp, ep)
 
 
-def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
+def _bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
+    """The bridge and the model provider for this config and layout (nothing built yet)."""
     from megatron.bridge import AutoBridge
 
     from gptoss.compat import import_bridge
@@ -99,8 +104,12 @@ def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path 
     apply_arch(provider, arch_from_config(hf_config))
     if not cpu.cuda_available():
         cpu.make_cpu_friendly(provider)
-    model = cpu.build_model_cpu(provider)
-    return bridge, [model]
+    return bridge, provider
+
+
+def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
+    bridge, provider = _bridge_and_provider(hf_config, tp, pp, ep, hf_path)
+    return bridge, [cpu.build_model_cpu(provider)]
 
 
 def apply_arch(provider: Any, arch: GptOssArch) -> None:
@@ -129,23 +138,60 @@ def _latest_iter_dir(megatron_dir: Path) -> Path:
 # ---- import ------------------------------------------------------------------------------------
 
 
-def import_hf(hf_path: str | os.PathLike, out: str | os.PathLike, *, tp=1, pp=1, ep=1, force=False) -> Path:
-    """HF checkpoint (bf16 or MXFP4 experts) -> Megatron torch_dist checkpoint in `out`."""
+ENGINES = ("stream", "bridge")
+
+
+def check_engine(engine: str) -> None:
+    """`stream` (default) converts tensor by tensor in one process; `bridge` builds the model with
+    AutoBridge, across ranks under torchrun (needs the whole model in memory)."""
+    if engine not in ENGINES:
+        raise ConversionError(f"--engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "stream" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConversionError(
+            "--engine stream converts in one process (no GPU, one layer in memory at a time) and the "
+            "checkpoint loads into any TP/PP/EP: run it without torchrun, or pass --engine bridge"
+        )
+
+
+def import_hf(
+    hf_path: str | os.PathLike, out: str | os.PathLike, *, tp=1, pp=1, ep=1, force=False, engine: str = "stream"
+) -> Path:
+    """HF checkpoint (bf16 or MXFP4 experts) -> Megatron torch_dist checkpoint in `out`.
+
+    The checkpoint holds global tensors, so it loads into any layout; tp/pp/ep are checked against
+    the architecture and, with engine="bridge", are the layout the model is built in.
+    """
+    check_engine(engine)
     src = HFCheckpoint(hf_path)
     check_layout(src.arch, tp, pp, ep)
+    if engine == "stream":  # no GPU needed: the CPU code path on any host
+        with cpu.forced_cpu():
+            return _import(src, out, 1, 1, 1, force, engine)
+    return _import(src, out, tp, pp, ep, force, engine)
+
+
+def _import(src: HFCheckpoint, out: str | os.PathLike, tp: int, pp: int, ep: int, force: bool, engine: str) -> Path:
     setup_parallel(tp, pp, ep)
-    bridge, model = _bridge_and_model(src.config, tp, pp, ep, hf_path=src.path)
-    with cpu.on_cpu():  # TP scatters ask torch.cuda for the current device (no-op with a GPU)
-        bridge.load_hf_weights(model)
+    bridge, provider = _bridge_and_provider(src.config, tp, pp, ep, hf_path=src.path)
+    model = None
+    if engine == "bridge":
+        model = [cpu.build_model_cpu(provider)]
+        with cpu.on_cpu():  # TP scatters ask torch.cuda for the current device (no-op with a GPU)
+            bridge.load_hf_weights(model)
     out = Path(out).absolute()
     tmp = _make_tmp(out, force)
     try:
-        from megatron.bridge.training.model_load_save import save_megatron_model
+        if model is None:
+            from conversion.streaming import import_streamed
 
-        with cpu.on_cpu():
-            save_megatron_model(model, str(tmp), ckpt_format="torch_dist")
+            import_streamed(src, provider, tmp)
+        else:
+            from megatron.bridge.training.model_load_save import save_megatron_model
+
+            with cpu.on_cpu():
+                save_megatron_model(model, str(tmp), ckpt_format="torch_dist")
         if _rank() == 0:
-            _write_sidecar(tmp, src, layout={"tp": tp, "pp": pp, "ep": ep})
+            _write_sidecar(tmp, src, layout={"tp": tp, "pp": pp, "ep": ep, "engine": engine})
         _barrier()
     except BaseException:
         if _rank() == 0:
@@ -298,12 +344,28 @@ def export_hf(
     ep=1,
     force=False,
     max_shard_bytes: int = 2 * 1024**3,
+    engine: str = "stream",
 ) -> Path:
-    """Megatron checkpoint -> HF safetensors (bf16 layout, or MXFP4 experts like the release)."""
+    """Megatron checkpoint -> HF safetensors (bf16 layout, or MXFP4 experts like the release).
+
+    A LoRA run is merged in the model, so it always goes through the bridge (engine="bridge").
+    """
     if dtype not in ("bf16", "mxfp4"):
         raise ConversionError(f"--dtype must be bf16 or mxfp4, got {dtype!r}")
-    bridge, model, config, meta, lora_cfg = load_any(megatron_dir, tp=tp, pp=pp, ep=ep)
-    hf_side = Path(meta["lora"]["base"]) if lora_cfg is not None else Path(megatron_dir)
+    check_engine(engine)
+    from conversion import lora
+
+    megatron_dir = Path(megatron_dir)
+    is_lora = lora.peft_settings(_latest_iter_dir(megatron_dir)) is not None
+    if engine == "stream" and not is_lora:
+        config, meta = read_sidecar(megatron_dir)
+        check_layout(arch_from_config(config), tp, pp, ep)
+        weights = stream_hf_weights_from_disk(megatron_dir, config, meta)
+        bridge = model = lora_cfg = None
+    else:
+        bridge, model, config, meta, lora_cfg = load_any(megatron_dir, tp=tp, pp=pp, ep=ep)
+        weights = None
+    hf_side = Path(meta["lora"]["base"]) if lora_cfg is not None else megatron_dir
     out = Path(out).absolute()
     tmp = _make_tmp(out, force)
     try:
@@ -312,8 +374,10 @@ def export_hf(
 
             save_adapter(bridge, model, lora_cfg, tmp / ADAPTER_SUBDIR, base=str(hf_side / HF_SUBDIR))
             merge_into_base(model)
+        if weights is None:
+            weights = stream_hf_weights(bridge, model, meta)
         writer = ShardedWriter(tmp, max_shard_bytes) if _rank() == 0 else None
-        for name, tensor in stream_hf_weights(bridge, model, meta):
+        for name, tensor in weights:
             if writer is None:
                 continue  # every rank takes part in the gathers; rank 0 writes
             if dtype == "mxfp4" and mxfp4.is_expert_weight(name):
@@ -333,12 +397,24 @@ def export_hf(
     return out
 
 
+def _to_source_dtype(name: str, tensor: torch.Tensor, meta: dict) -> torch.Tensor:
+    return tensor.to(_DTYPES.get(meta.get("hf_dtypes", {}).get(name, "bfloat16"), torch.bfloat16))
+
+
 def stream_hf_weights(bridge, model, meta: dict):
-    """(HF name, tensor in the source's dtype) for every weight, one at a time, on CPU."""
-    dtypes = meta.get("hf_dtypes", {})
+    """(HF name, tensor in the source's dtype) for every weight of a built model, one at a time."""
     with cpu.on_cpu():  # TP gathers ask torch.cuda for the current device (no-op with a GPU)
         for name, tensor in bridge.export_hf_weights(model, cpu=True, show_progress=False):
-            yield name, tensor.to(_DTYPES.get(dtypes.get(name, "bfloat16"), torch.bfloat16))
+            yield name, _to_source_dtype(name, tensor, meta)
+
+
+def stream_hf_weights_from_disk(megatron_dir: str | os.PathLike, config: dict, meta: dict):
+    """(HF name, tensor in the source's dtype) for every weight, read from the checkpoint one layer
+    at a time (no model is built)."""
+    from conversion.streaming import iter_hf_weights
+
+    for name, tensor in iter_hf_weights(_latest_iter_dir(Path(megatron_dir)), arch_from_config(config)):
+        yield name, _to_source_dtype(name, tensor, meta)
 
 
 def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> None:
@@ -352,4 +428,12 @@ def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> N
             shutil.copy2(f, out / f.name)
 
 
-__all__ = ["ConversionError", "atomic_output_dir", "check_layout", "export_hf", "import_hf", "load_any", "load_megatron"]
+__all__ = [
+    "ConversionError",
+    "atomic_output_dir",
+    "check_layout",
+    "export_hf",
+    "import_hf",
+    "load_any",
+    "load_megatron",
+]

@@ -48,10 +48,30 @@ from megatron.core.transformer.enums import AttnBackend, AttnMaskType  # noqa: E
 from megatron.core.transformer.moe.experts import SequentialMLP  # noqa: E402
 from megatron.core.transformer.moe.router import TopKRouter  # noqa: E402
 
+_FORCE_CPU = "KIT_FORCE_CPU"
+
 
 def cuda_available() -> bool:
-    """A real GPU, not the single pretend device of gptoss.cpu_training."""
+    """A real GPU, not the single pretend device of gptoss.cpu_training (and False inside
+    `forced_cpu`, or with KIT_FORCE_CPU=1)."""
+    if os.environ.get(_FORCE_CPU) == "1":
+        return False
     return getattr(torch.cuda, "real_is_available", torch.cuda.is_available)()
+
+
+@contextlib.contextmanager
+def forced_cpu() -> Iterator[None]:
+    """Everything in this module behaves as on a CPU-only host, GPU or not (for work that needs no
+    GPU, such as the streamed conversion: one code path, the one the CPU tests exercise)."""
+    saved = os.environ.get(_FORCE_CPU)
+    os.environ[_FORCE_CPU] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_FORCE_CPU, None)
+        else:
+            os.environ[_FORCE_CPU] = saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,8 +155,9 @@ class CPUDotProductAttention(DotProductAttention):
             super().__init__(*args, **kwargs)
         self.scale_mask_softmax.__class__ = CPUScaleMaskSoftmax
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         if packed_seq_params is not None:
             # Packed sequences (SFT): the stock class refuses them (TE only). Attention arrives in
             # THD layout [tokens, heads, dim], RoPE already applied per sequence; treat the pack as
@@ -324,7 +345,7 @@ def init_parallel(
     """Initialize torch.distributed and Megatron's parallel_state for `world_size` ranks.
 
     Rank and world size default to torchrun's RANK/WORLD_SIZE (or 0/1). The backend defaults to
-    gloo without CUDA and nccl with it. MASTER_ADDR/PORT default to 127.0.0.1:29500 unless set.
+    gloo without CUDA and nccl with it. MASTER_ADDR/PORT default to 127.0.0.1:29500 unless set (one process: no port at all).
     Idempotent for an already initialized process group: only parallel_state is (re)built.
     Also seeds Megatron's model-parallel RNG tracker (its CPU part), which model construction uses.
     """
@@ -333,12 +354,17 @@ def init_parallel(
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
         backend = backend or ("nccl" if cuda_available() else "gloo")
         if cuda_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        if world_size == 1:
+            # one process needs no rendezvous: an in-memory store, so that two conversions or tests
+            # on one host never race for a TCP port (even with a MASTER_PORT inherited from a parent)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            dist.init_process_group(backend, rank=rank, world_size=world_size)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(

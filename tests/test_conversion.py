@@ -226,6 +226,15 @@ def test_validate_weights_and_logits_past_the_window(tiny):
     assert report.logits["max_abs"] < 1e-4 and report.logits["top1"] == 1.0
 
 
+def test_validate_cli_weights_only(tiny, capsys):
+    from conversion.__main__ import main
+
+    hf, meg = tiny
+    assert main(["validate", "--hf", str(hf), "--megatron", str(meg), "--no-logits"]) == 0
+    out = capsys.readouterr().out
+    assert "weights: 37 tensors, 0 mismatched" in out and "logits" not in out and "RESULT: PASS" in out
+
+
 def test_refuses_overwrite_and_leaves_nothing_on_failure(tiny, work, monkeypatch):
     from conversion import hf_io
     from conversion.megatron_io import export_hf, import_hf
@@ -320,11 +329,13 @@ def test_transposed_down_proj_makes_validate_fail(work):
 
 @pytest.mark.parametrize(
     ("imported", "exported"),
-    [(("--tp", "2"), ("--ep", "2")), (("--pp", "2"), ("--tp", "2"))],
-    ids=["tp2-import-ep2-export", "pp2-import-tp2-export"],
+    [(("--tp", "2"), ()), ((), ("--ep", "2")), ((), ("--pp", "2"))],
+    ids=["tp2-bridge-import-stream-export", "stream-import-ep2-bridge-export", "stream-import-pp2-bridge-export"],
 )
 def test_import_and_export_across_parallel_layouts(tiny, tmp_path, imported, exported):
-    """torchrun with 2 ranks: import sharded one way, export re-sharded another way, bit-exact."""
+    """AutoBridge under torchrun with 2 ranks on one side, the streamed engine (one process) on the
+    other: a checkpoint imported sharded is exported by the streamed reader, and a streamed import
+    is loaded and exported re-sharded; both bit-exact."""
     import os
     import socket
     import subprocess
@@ -336,18 +347,139 @@ def test_import_and_export_across_parallel_layouts(tiny, tmp_path, imported, exp
     root = Path(__file__).resolve().parents[1]
     torchrun = Path(sys.executable).with_name("torchrun")
 
-    def run(*args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = str(s.getsockname()[1])
-        cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", port, "-m", "conversion", *args]
+    def run(*args: str, layout: tuple[str, ...]) -> None:
+        cmd = [sys.executable, "-m", "conversion", *args]
+        if layout:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = str(s.getsockname()[1])
+            cmd = [
+                str(torchrun),
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                port,
+                *cmd[1:],
+                "--engine",
+                "bridge",
+                *layout,
+            ]
         env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
-    run("import", "--hf", str(hf), "--out", str(tmp_path / "meg"), *imported)
+    run("import", "--hf", str(hf), "--out", str(tmp_path / "meg"), layout=imported)
     layout = json.loads((tmp_path / "meg" / "kit_conversion.json").read_text())["layout_at_import"]
-    assert layout == {"tp": 1, "pp": 1, "ep": 1, imported[0][2:]: 2}
-    run("export", "--megatron", str(tmp_path / "meg"), "--out", str(tmp_path / "hf"), *exported)
+    if imported:
+        assert layout == {"tp": 2, "pp": 1, "ep": 1, "engine": "bridge"}
+    else:
+        assert layout == {"tp": 1, "pp": 1, "ep": 1, "engine": "stream"}
+    run("export", "--megatron", str(tmp_path / "meg"), "--out", str(tmp_path / "hf"), layout=exported)
     report = validate_hf_pair(hf, tmp_path / "hf")
     assert report.ok and report.weights_checked == 37, report.text()
+
+
+# ---- streamed conversion (the default engine) against AutoBridge ------------------------------
+
+
+def stored_layout(megatron_dir: Path) -> dict:
+    """Every entry of a torch_dist checkpoint: global shape and chunk layout (or 'bytes')."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    md = FileSystemReader(str(megatron_dir / "iter_0000000")).read_metadata().state_dict_metadata
+    return {
+        k: (tuple(v.size), sorted((tuple(c.offsets), tuple(c.sizes)) for c in v.chunks))
+        if hasattr(v, "size")
+        else "bytes"
+        for k, v in md.items()
+    }
+
+
+@pytest.mark.parametrize("kind", ["bf16", "mxfp4"])
+def test_streamed_conversion_equals_autobridge(tiny, tiny_mx, work, kind):
+    """The default (streamed) import writes the checkpoint AutoBridge writes: same entries, same
+    chunks, same values (stored in bf16 instead of fp32); the streamed export writes the same bytes
+    as AutoBridge's export of it."""
+    import filecmp
+
+    from conversion.megatron_io import export_hf, import_hf
+    from conversion.streaming import read_stored, stored_tensors
+
+    src, streamed = (tiny[0], tiny[1]) if kind == "bf16" else (tiny_mx[1], tiny_mx[2])
+    bridged = import_hf(src, work / f"bridge-{kind}", engine="bridge")
+    assert stored_layout(streamed) == stored_layout(bridged)
+    a, b = (read_stored(d / "iter_0000000", stored_tensors(d / "iter_0000000")) for d in (streamed, bridged))
+    assert set(a) == set(b) and len(a) == 16
+    assert {t.dtype for t in a.values()} == {torch.bfloat16} and {t.dtype for t in b.values()} == {torch.float32}
+    for key in a:
+        assert torch.equal(a[key].float(), b[key]), key
+    # both exports from the same checkpoint: identical files
+    out_s = export_hf(streamed, work / f"export-stream-{kind}", dtype=kind)
+    out_b = export_hf(streamed, work / f"export-bridge-{kind}", dtype=kind, engine="bridge")
+    names = sorted(p.name for p in out_s.iterdir())
+    assert names == sorted(p.name for p in out_b.iterdir()) and any(n.endswith(".safetensors") for n in names)
+    assert all(filecmp.cmp(out_s / n, out_b / n, shallow=False) for n in names), names
+
+
+def test_streamed_engine_refuses_torchrun(monkeypatch):
+    from conversion.megatron_io import check_engine
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConversionError, match="--engine bridge"):
+        check_engine("stream")
+    check_engine("bridge")
+    with pytest.raises(ConversionError, match="--engine must be one of"):
+        check_engine("fast")
+
+
+# One process per depth: import, then export (mxfp4, small shards: a shard is held whole before it
+# is written), printing the peak RSS of each (VmHWM, reset in between through /proc/self/clear_refs).
+_MEASURE = """
+import sys
+from conversion.megatron_io import export_hf, import_hf
+def peak():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+hf, meg, out = sys.argv[1:]
+import_hf(hf, meg)
+print("PEAK import", peak())
+import torch.distributed
+torch.distributed.destroy_process_group()  # export as `python -m conversion export` runs it: no process group
+open("/proc/self/clear_refs", "w").write("5")
+export_hf(meg, out, dtype="mxfp4", max_shard_bytes=32 << 20)
+print("PEAK export", peak())
+"""
+
+
+def test_streamed_conversion_memory_does_not_grow_with_depth(tmp_path):
+    """Peak RSS of import and export for 2 and 8 layers of the same widths (50 MB of bf16 experts
+    per layer, small vocabulary so that layers dominate): the 6 extra layers (300 MB) must not show
+    up in the peaks. AutoBridge's engine holds the whole model, in fp32 on CPU."""
+    import subprocess
+    import sys
+
+    from conversion.random_init import make_random_hf_streamed
+    from gptoss.arch import GptOssArch
+
+    wide = GptOssArch(
+        name="wide", num_layers=2, hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+        num_experts=8, experts_per_token=2, expert_ffn_hidden_size=1024, vocab_size=2048,
+        max_position_embeddings=4096, initial_context_length=128, sliding_window=8,
+    )  # fmt: skip
+    peaks = {}
+    for layers in (2, 8):
+        hf = make_random_hf_streamed(tmp_path / f"hf-{layers}", replace(wide, num_layers=layers), mxfp4_experts=True)
+        out = tmp_path / f"out-{layers}"
+        cmd = [sys.executable, "-c", _MEASURE, str(hf), str(tmp_path / f"meg-{layers}"), str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks[layers] = {
+            w: int(n) for _, w, n in (line.split() for line in done.stdout.splitlines() if line.startswith("PEAK"))
+        }
+        assert len(list(out.glob("*.safetensors"))) > 1
+    extra_layers_bytes = 6 * 8 * 3 * 1024 * 1024 * 2
+    for what in ("import", "export"):
+        small, big = peaks[2][what], peaks[8][what]
+        assert big - small < extra_layers_bytes / 4, f"{what}: peak RSS {small >> 20} MiB -> {big >> 20} MiB"
+    from conversion.validate import validate_hf_pair
+
+    assert validate_hf_pair(tmp_path / "hf-8", tmp_path / "out-8").ok

@@ -233,7 +233,25 @@ def test_tiny_fits_one_process():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "recipes", *args], capture_output=True, text=True, timeout=300)
+    """`python -m recipes ARGS`, in this process (each subprocess would pay Megatron's import again)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from recipes.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse errors
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def test_cli_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "recipes", "list"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "gpt_oss_20b_cpt_code" in out.stdout
 
 
 def test_cli_plan_fails_fast_with_every_rule():

@@ -50,9 +50,7 @@ def ws(tmp_path_factory):
     return ws
 
 
-def submit(
-    cluster: Cluster, ws: Path, script: str, *args: str, recipe: str | None = None, sbatch=(), env=None
-) -> int:
+def submit(cluster: Cluster, ws: Path, script: str, *args: str, recipe: str | None = None, sbatch=(), env=None) -> int:
     env = {
         **(env or {}),
         "KIT_DIR": str(ROOT),
@@ -75,14 +73,33 @@ def output(ws: Path, job: int) -> str:
 ONE_CPU = ("--nodes=1", "--gpus-per-node=1", "--ntasks-per-node=1")
 
 
-def test_tiny_pretrain_job_completes_with_a_checkpoint(cluster, ws):
-    job = submit(cluster, ws, "pretrain_20b.sh", "train.train_iters=3", recipe="gpt_oss_tiny_pretrain", sbatch=ONE_CPU)
-    info = cluster.wait(job, timeout=400)
+ITERS = 10
+
+
+@pytest.fixture(scope="module")
+def reference_job(cluster, ws):
+    """One uninterrupted tiny pretraining job (the pre-emption test compares against it)."""
+    ckpt = ws / "checkpoints" / "ref"
+    job = submit(
+        cluster,
+        ws,
+        "pretrain_20b.sh",
+        f"train.train_iters={ITERS}",
+        f"checkpoint.save={ckpt}",
+        f"checkpoint.load={ckpt}",
+        recipe="gpt_oss_tiny_pretrain",
+        sbatch=ONE_CPU,
+    )
+    return job, cluster.wait(job, timeout=400)
+
+
+def test_tiny_pretrain_job_completes_with_a_checkpoint(reference_job, ws):
+    job, info = reference_job
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job)
-    tracker = ws / "checkpoints" / "gpt-oss-tiny-pretrain" / "latest_checkpointed_iteration.txt"
-    assert tracker.read_text().strip() == "3"
+    tracker = ws / "checkpoints" / "ref" / "latest_checkpointed_iteration.txt"
+    assert tracker.read_text().strip() == str(ITERS)
     logs = ws / "logs" / f"pretrain_20b-{job}"
-    assert "iteration        3/       3" in (logs / "rank-0.log").read_text()
+    assert f"iteration {ITERS:8d}/{ITERS:8d}" in (logs / "rank-0.log").read_text()
 
 
 def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
@@ -103,7 +120,11 @@ def test_two_nodes_join_one_process_group(cluster, ws):
         busy.listen()
         stale = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(busy.getsockname()[1])}
         job = submit(
-            cluster, ws, "check_rendezvous.sh", sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"), env=stale
+            cluster,
+            ws,
+            "check_rendezvous.sh",
+            sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"),
+            env=stale,
         )
         info = cluster.wait(job, timeout=200)
     assert info["JobState"] == "COMPLETED", output(ws, job)
@@ -118,13 +139,11 @@ def _metrics(ws: Path, run: str) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws):
+def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws, reference_job):
     """SIGUSR1 to the batch shell (what --signal=B:USR1@T sends), then compare with an
     uninterrupted run of the same recipe and steps."""
-    iters = "train.train_iters=10"
-    ref = ("checkpoint.save=" + str(ws / "checkpoints" / "ref"), "checkpoint.load=" + str(ws / "checkpoints" / "ref"))
-    job = submit(cluster, ws, "pretrain_20b.sh", iters, *ref, recipe="gpt_oss_tiny_pretrain", sbatch=ONE_CPU)
-    assert cluster.wait(job, timeout=400)["ExitCode"] == "0:0", output(ws, job)
+    iters = f"train.train_iters={ITERS}"
+    assert reference_job[1]["ExitCode"] == "0:0", output(ws, reference_job[0])
     reference = _metrics(ws, "ref")
 
     run = ("checkpoint.save=" + str(ws / "checkpoints" / "pre"), "checkpoint.load=" + str(ws / "checkpoints" / "pre"))
@@ -156,7 +175,7 @@ def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text
     assert "requeueing job" in text and "restart 1" in text
     resumed = _metrics(ws, "pre")
-    assert [r["step"] for r in resumed] == list(range(1, 11))
+    assert [r["step"] for r in resumed] == list(range(1, ITERS + 1))
     assert resumed[-1]["lm loss"] == reference[-1]["lm loss"], "same final loss as the uninterrupted job"
 
 
@@ -171,7 +190,9 @@ def test_convert_roundtrip_runs_as_a_job(cluster, ws):
     info = cluster.wait(job, timeout=400)
     log = (ws / "logs" / f"convert-{job}" / "rank-0.log").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job) + log
-    assert (work / "hf-export" / "model.safetensors.index.json").exists() or list((work / "hf-export").glob("*.safetensors"))
+    assert (work / "hf-export" / "model.safetensors.index.json").exists() or list(
+        (work / "hf-export").glob("*.safetensors")
+    )
     assert log.count("PASS") >= 1 and "FAIL" not in log, log
 
 
@@ -183,7 +204,16 @@ def test_data_prep_runs_as_a_cpu_job(cluster, ws):
     raw.write_text("".join(json.dumps({"content": d, "lang": "Python"}) + "\n" for d in docs))
     out = ws / "data" / "slurm-code"
     job = submit(
-        cluster, ws, "data_prep.sh", "pretrain", str(raw), "-o", str(out), "--licenses", "any", "--no-progress",
+        cluster,
+        ws,
+        "data_prep.sh",
+        "pretrain",
+        str(raw),
+        "-o",
+        str(out),
+        "--licenses",
+        "any",
+        "--no-progress",
         sbatch=("-p", "cpu", "--cpus-per-task=2"),
     )
     info = cluster.wait(job, timeout=300)

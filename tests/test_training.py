@@ -104,19 +104,28 @@ def test_resume_continues_the_same_loss_curve(ws):
     assert [r["lm loss"] for r in resumed] == [r["lm loss"] for r in reference], "bit-exact in fp32 on CPU"
 
 
-def test_bad_inputs_fail_before_training(ws, tmp_path):
-    out = run_recipe(tmp_path, "gpt_oss_tiny_pretrain")
-    assert out.returncode == 2 and "python -m data_prep pretrain" in out.stderr
+def test_bad_inputs_fail_before_training(ws, tmp_path, monkeypatch, capsys):
+    """`python -m recipes run` refuses before training (in this process: nothing starts, and three
+    subprocesses would pay Megatron's import three times)."""
+    from recipes.__main__ import main
+
+    def run(workspace: Path, *overrides: str) -> tuple[int, str]:
+        monkeypatch.setenv("WORKSPACE", str(workspace))
+        code = main(["run", "gpt_oss_tiny_pretrain", *overrides])
+        return code, capsys.readouterr().err
+
+    code, err = run(tmp_path)
+    assert code == 2 and "python -m data_prep pretrain" in err
     manifest = ws / "data" / "pretrain" / "manifest.json"
     saved = manifest.read_text()
     manifest.write_text(json.dumps({"tokenizer": "gpt2-50257-0000"}))
     try:
-        out = run_recipe(ws, "gpt_oss_tiny_pretrain")
+        code, err = run(ws)
     finally:
         manifest.write_text(saved)
-    assert out.returncode == 2 and "made with tokenizer 'gpt2-50257-0000'" in out.stderr
-    out = run_recipe(ws, "gpt_oss_tiny_pretrain", "model.expert_model_parallel_size=3")
-    assert out.returncode == 3 and "experts 4 not divisible by EP=3" in out.stderr
+    assert code == 2 and "made with tokenizer 'gpt2-50257-0000'" in err
+    code, err = run(ws, "model.expert_model_parallel_size=3")
+    assert code == 3 and "experts 4 not divisible by EP=3" in err
 
 
 def test_document_boundaries_reach_the_model(ws, tmp_path):
@@ -152,7 +161,9 @@ def test_document_boundaries_reach_the_model(ws, tmp_path):
         eod_inputs += int((sample["tokens"] == EOD_ID).sum())
         at_eod = sample["labels"] == EOD_ID
         eod_labels += int(at_eod.sum())
-        assert bool((sample["loss_mask"] == 1).all()), f"sample {i}: loss masked at {sample['loss_mask'].eq(0).nonzero()}"
+        assert bool((sample["loss_mask"] == 1).all()), (
+            f"sample {i}: loss masked at {sample['loss_mask'].eq(0).nonzero()}"
+        )
         assert not bool((sample["tokens"] == 0).any()), "no input rewritten to id 0"
     # the corpus has a document boundary every ~40 tokens: 8 samples of 128 tokens hold many
     assert eod_inputs >= 8 and eod_labels >= 8
@@ -174,9 +185,23 @@ def sft_data(pretrained):
     ]
     raw.write_text("".join(json.dumps(c) + "\n" for c in chats))
     out = subprocess.run(
-        [sys.executable, "-m", "data_prep", "sft", str(raw), "-o", str(pretrained / "data" / "sft"), "--seq-length", "128",
-         "--val-fraction", "0.3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "data_prep",
+            "sft",
+            str(raw),
+            "-o",
+            str(pretrained / "data" / "sft"),
+            "--seq-length",
+            "128",
+            "--val-fraction",
+            "0.3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return pretrained
