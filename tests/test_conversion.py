@@ -483,3 +483,16 @@ def test_streamed_conversion_memory_does_not_grow_with_depth(tmp_path):
     from conversion.validate import validate_hf_pair
 
     assert validate_hf_pair(tmp_path / "hf-8", tmp_path / "out-8").ok
+
+
+def test_random_cli_streamed_mxfp4_has_the_release_layout(tiny, tmp_path):
+    """`conversion random --mxfp4` (the tensor-by-tensor writer used for 20b benchmarks) writes the
+    names, shapes and dtypes of transformers' own save, experts as MXFP4 blocks/scales."""
+    from conversion.__main__ import main
+
+    assert main(["random", "--size", "tiny", "--mxfp4", "--out", str(tmp_path / "mx")]) == 0
+    streamed, reference = HFCheckpoint(tmp_path / "mx"), HFCheckpoint(tiny[0])
+    assert streamed.is_mxfp4 and streamed.float_dtypes() == reference.float_dtypes() == {"BF16"}
+    assert sorted(streamed.dequantized_names()) == sorted(reference.dequantized_names())
+    for name in reference.dequantized_names():
+        assert streamed.get_dequantized(name).shape == reference.get(name).shape, name
