@@ -349,7 +349,10 @@ def iter_hf_weights(iter_dir: Path, arch: GptOssArch) -> Iterator[tuple[str, tor
     keys = stored_tensors(iter_dir)
     missing = sorted(set(MAPPING) - set(keys))
     if missing:
-        raise ConversionError(f"{iter_dir}: no tensor {missing[0]!r} (and {len(missing) - 1} more) in the checkpoint")
+        raise ConversionError(
+            f"{iter_dir}: no tensor {missing[0]!r} (and {len(missing) - 1} more) in the checkpoint; "
+            "if it was written by another layer spec, convert with --engine bridge (loads through the model)"
+        )
     layer_keys = {k: v for k, v in keys.items() if k.startswith(LAYER_PREFIX)}
     for key, (shape, _) in layer_keys.items():
         if shape[0] != arch.num_layers:
