@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     rnd.add_argument("--mxfp4", action="store_true", help="experts in MXFP4 like the official release")
     rnd.add_argument("--out", required=True)
     rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--force", action="store_true", help="replace an existing --out")
     return p
 
 
@@ -80,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             from conversion.random_init import make_random_hf, make_random_hf_streamed
             from gptoss.arch import get_arch
 
-            with atomic_output_dir(args.out) as tmp:
+            try:
+                arch = get_arch(args.size)
+            except ValueError as err:
+                raise ConversionError(str(err)) from None
+            with atomic_output_dir(args.out, force=args.force) as tmp:
                 if args.size == "tiny" and not args.mxfp4:  # through transformers' own model class and save
-                    make_random_hf(tmp, get_arch(args.size), args.seed)
+                    make_random_hf(tmp, arch, args.seed)
                 else:
-                    make_random_hf_streamed(tmp, get_arch(args.size), args.seed, mxfp4_experts=args.mxfp4)
+                    make_random_hf_streamed(tmp, arch, args.seed, mxfp4_experts=args.mxfp4)
             print(f"random gpt-oss-{args.size} (seed {args.seed}) -> {args.out}")
             return 0
         layout = {k: getattr(args, k) for k in ("tp", "pp", "ep", "engine") if hasattr(args, k)}

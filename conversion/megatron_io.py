@@ -80,8 +80,9 @@ def setup_parallel(tp: int, pp: int, ep: int) -> None:
     cpu.init_parallel(tp, pp, ep)
 
 
-def _bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
-    """The bridge and the model provider for this config and layout (nothing built yet)."""
+def bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
+    """The bridge and the model provider for this config and layout (nothing built yet): the one
+    place that sets a gpt-oss provider up (conversion and inference)."""
     from megatron.bridge import AutoBridge
 
     from gptoss.compat import import_bridge
@@ -108,7 +109,7 @@ def _bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Pa
 
 
 def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
-    bridge, provider = _bridge_and_provider(hf_config, tp, pp, ep, hf_path)
+    bridge, provider = bridge_and_provider(hf_config, tp, pp, ep, hf_path)
     return bridge, [cpu.build_model_cpu(provider)]
 
 
@@ -172,7 +173,7 @@ def import_hf(
 
 def _import(src: HFCheckpoint, out: str | os.PathLike, tp: int, pp: int, ep: int, force: bool, engine: str) -> Path:
     setup_parallel(tp, pp, ep)
-    bridge, provider = _bridge_and_provider(src.config, tp, pp, ep, hf_path=src.path)
+    bridge, provider = bridge_and_provider(src.config, tp, pp, ep, hf_path=src.path)
     model = None
     if engine == "bridge":
         model = [cpu.build_model_cpu(provider)]
@@ -184,7 +185,7 @@ def _import(src: HFCheckpoint, out: str | os.PathLike, tp: int, pp: int, ep: int
         if model is None:
             from conversion.streaming import import_streamed
 
-            import_streamed(src, provider, tmp)
+            import_streamed(src, provider, tmp, target=out)
         else:
             from megatron.bridge.training.model_load_save import save_megatron_model
 
@@ -356,6 +357,13 @@ def export_hf(
     from conversion import lora
 
     megatron_dir = Path(megatron_dir)
+    if dtype == "mxfp4":  # refuse before writing anything, not at the first expert
+        arch = arch_from_config(read_sidecar(megatron_dir)[0])
+        if arch.hidden_size % mxfp4.BLOCK or arch.expert_ffn_hidden_size % mxfp4.BLOCK:
+            raise ConversionError(
+                f"--dtype mxfp4 needs hidden size ({arch.hidden_size}) and expert FFN size "
+                f"({arch.expert_ffn_hidden_size}) to be multiples of {mxfp4.BLOCK}: export with --dtype bf16"
+            )
     is_lora = lora.peft_settings(_latest_iter_dir(megatron_dir)) is not None
     if engine == "stream" and not is_lora:
         config, meta = read_sidecar(megatron_dir)

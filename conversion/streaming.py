@@ -236,8 +236,9 @@ def storage_dtype(src: HFCheckpoint) -> torch.dtype:
     return torch.bfloat16 if src.float_dtypes() <= {"BF16"} else torch.float32
 
 
-def import_streamed(src: HFCheckpoint, provider: Any, out: Path) -> None:
-    """Write the Megatron checkpoint of `src` into the (empty) directory `out`, chunk by chunk."""
+def import_streamed(src: HFCheckpoint, provider: Any, out: Path, *, target: Path | None = None) -> None:
+    """Write the Megatron checkpoint of `src` into the (empty) directory `out`, chunk by chunk
+    (`target`: where `out` goes once complete, for messages)."""
     from megatron.bridge.training.checkpointing import save_checkpoint
     from megatron.bridge.training.config import CheckpointConfig, ConfigContainer, LoggerConfig
     from megatron.bridge.training.state import GlobalState
@@ -264,15 +265,23 @@ def import_streamed(src: HFCheckpoint, provider: Any, out: Path) -> None:
         ),
         dist=None,
     )
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     with tqdm(total=total, unit="B", unit_scale=True, desc="import", mininterval=5) as bar, cpu.on_cpu():
-        save_checkpoint(
-            state,
-            [model],
-            None,
-            None,
-            0,
-            checkpointing_context={"save_strategy": _lazy_strategy(_FromHF(src, bar))},
-        )
+        try:
+            save_checkpoint(
+                state,
+                [model],
+                None,
+                None,
+                0,
+                checkpointing_context={"save_strategy": _lazy_strategy(_FromHF(src, bar))},
+            )
+        except CheckpointException as err:  # DCP wraps what failed while writing (a full disk, a bad chunk)
+            cause = str(err).strip().splitlines()[-1]  # the original error; DCP prepends its traceback
+            raise ConversionError(
+                f"{target or out}: writing the Megatron checkpoint from {src.path} failed: {cause}"
+            ) from err
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -283,7 +292,10 @@ def stored_tensors(iter_dir: Path) -> dict[str, Any]:
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = FileSystemReader(str(iter_dir)).read_metadata()
+    try:
+        metadata = FileSystemReader(str(iter_dir)).read_metadata()
+    except Exception as err:  # noqa: BLE001 - a missing or truncated .metadata, whatever torch raises
+        raise ConversionError(f"{iter_dir}: unreadable torch_dist metadata ({type(err).__name__}: {err})") from err
     return {
         key: (tuple(md.size), md.properties.dtype)
         for key, md in metadata.state_dict_metadata.items()
@@ -307,8 +319,16 @@ def read_stored(iter_dir: Path, keys: dict[str, Any], layer: int | None = None) 
     # planner class made per call, left one layer alive per call: export's RSS grew with depth.
     # Not meta placeholders either: DCP materializes those through the default process group.)
     placeholders = {key: torch.empty(0) for key in out}
-    dcp.load(placeholders, storage_reader=dcp.FileSystemReader(str(iter_dir)), planner=planner, no_dist=True)
-    planner.regions = None
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        dcp.load(placeholders, storage_reader=dcp.FileSystemReader(str(iter_dir)), planner=planner, no_dist=True)
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a missing or truncated .distcp file
+        where = "the non-layer tensors" if layer is None else f"layer {layer}"
+        cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ConversionError(f"{iter_dir}: cannot read {where} (damaged or truncated file? {cause})") from err
+    finally:
+        planner.regions = None
     return {key: t if layer is None else t[0] for key, t in out.items()}
 
 

@@ -166,12 +166,10 @@ def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
 
 def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tuple[Any, list[torch.nn.Module]]:
     """The bridge and this rank's (empty) model for `hf_config` in this layout, ready for inference."""
-    from megatron.bridge import AutoBridge
     from megatron.core.transformer.enums import AttnBackend
-    from transformers import GptOssConfig
 
     from conversion.hf_io import arch_from_config
-    from conversion.megatron_io import apply_arch, check_layout, setup_parallel
+    from conversion.megatron_io import bridge_and_provider, check_layout, setup_parallel
     from gptoss import cpu
 
     plain = {k: v for k, v in hf_config.items() if k != "quantization_config"}
@@ -183,17 +181,8 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
             f"launch with torchrun --nproc-per-node {tp * pp * ep} -m inference ..."
         )
     setup_parallel(tp, pp, ep)
-    bridge = AutoBridge.from_hf_config(GptOssConfig.from_dict(plain))
-    provider = bridge.to_megatron_provider(load_weights=False)
-    provider.tensor_model_parallel_size = tp
-    provider.pipeline_model_parallel_size = pp
-    provider.expert_model_parallel_size = ep
-    provider.expert_tensor_parallel_size = 1
-    provider.sequence_parallel = False
-    provider.vocab_size = plain["vocab_size"]
-    provider.should_pad_vocab = False
+    bridge, provider = bridge_and_provider(plain, tp, pp, ep)
     provider.parallel_output = False  # full-vocabulary logits on every tensor-parallel rank
-    apply_arch(provider, arch_from_config(plain))
     if cpu.cuda_available():
         # Megatron's own unfused attention: the path with learnable sinks (TE's fused one is not used)
         provider.attention_backend = AttnBackend.local

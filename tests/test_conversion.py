@@ -494,3 +494,51 @@ def test_random_cli_streamed_mxfp4_has_the_release_layout(tiny, tmp_path):
     assert sorted(streamed.dequantized_names()) == sorted(reference.dequantized_names())
     for name in reference.dequantized_names():
         assert streamed.get_dequantized(name).shape == reference.get(name).shape, name
+
+
+def test_damaged_megatron_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
+    """A truncated data file or a missing .metadata: an error naming the checkpoint, exit 2 from
+    the CLI, and no output directory left behind."""
+    from conversion.__main__ import main
+
+    _, meg = tiny
+    for damage in ("truncate", "no-metadata"):
+        bad = tmp_path / damage
+        shutil.copytree(meg, bad)
+        it = bad / "iter_0000000"
+        if damage == "truncate":
+            data = it / "__0_0.distcp"
+            with open(data, "r+b") as fh:
+                fh.truncate(data.stat().st_size // 2)
+        else:
+            (it / ".metadata").unlink()
+        out = tmp_path / f"out-{damage}"
+        assert main(["export", "--megatron", str(bad), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {it}: " in err and ("cannot read" in err or "unreadable torch_dist metadata" in err), err
+        assert not out.exists() and not list(tmp_path.glob(f".out-{damage}*"))
+    assert main(["random", "--size", "7b", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown gpt-oss size '7b'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_import_failing_while_writing_leaves_nothing(tiny, tmp_path, monkeypatch):
+    """A write that fails halfway (here an OSError injected into the chunk converter, standing in
+    for a full disk, which this machine cannot stage) is a ConversionError naming the output, and
+    no directory that looks like a checkpoint is left."""
+    from conversion import streaming
+    from conversion.megatron_io import import_hf
+
+    calls = []
+
+    def failing(self, key, layer):
+        calls.append(key)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return original(self, key, layer)
+
+    original = streaming._FromHF.megatron_tensor
+    monkeypatch.setattr(streaming._FromHF, "megatron_tensor", failing)
+    out = tmp_path / "meg"
+    with pytest.raises(ConversionError, match=f"{out}: writing the Megatron checkpoint .* failed: OSError: .*No space"):
+        import_hf(tiny[0], out)
+    assert len(calls) > 3 and not out.exists() and not list(tmp_path.iterdir())
