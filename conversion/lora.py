@@ -2,23 +2,21 @@
 
 A Megatron-Bridge PEFT run saves only the adapters (`*.adapter.linear_in/linear_out`); its
 `run_config.yaml` names the base (`checkpoint.pretrained_checkpoint`, a directory written by
-`conversion import` or by a training run) and the LoRA settings. `load_lora_run` builds the base
-with `megatron_io.load_megatron`, wraps it with the same LoRA transform the run trained with, and
-loads the adapters. Exporting that model merges the adapters (the bridge's
+`conversion import` or by a training run) and the LoRA settings. `megatron_io.load_any` builds the
+base, and `attach_adapters` wraps it with the same LoRA transform the run trained with and loads
+the adapters. Exporting that model merges the adapters (the bridge's
 `export_hf_weights(merge_adapter_weights=True)`); `save_adapter` writes the adapters alone as an HF
 PEFT directory (`adapter_config.json` + `adapter_model.safetensors`) for `peft.PeftModel`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from conversion.hf_io import ConversionError
-from gptoss.compat import import_bridge
-
-import_bridge()  # megatron.bridge's training modules need the shim (Python 3.11, no TE) before import
+from kit.dist import is_rank0
+from megatron_cpu.compat import import_bridge
 
 
 def run_config(iter_dir: Path) -> dict[str, Any]:
@@ -51,6 +49,7 @@ def peft_settings(iter_dir: Path) -> dict[str, Any] | None:
     """The LoRA constructor arguments a checkpoint was trained with, or None for full weights."""
     import dataclasses
 
+    import_bridge()
     from megatron.bridge.peft.lora import LoRA
 
     peft = run_config(iter_dir).get("peft") or None
@@ -78,11 +77,12 @@ def base_of(iter_dir: Path) -> Path:
 def attach_adapters(model: list, iter_dir: Path, settings: dict[str, Any]) -> tuple[Any, list]:
     """Wrap `model` (its base weights loaded) with the run's LoRA and load the adapters from
     `iter_dir`. Returns (lora, model). Collective."""
+    import_bridge()
     from megatron.bridge.peft.lora import LoRA
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
 
-    from gptoss import cpu
+    from megatron_cpu import model as cpu
 
     lora = LoRA(**settings)
     with cpu.on_cpu():
@@ -103,16 +103,6 @@ def attach_adapters(model: list, iter_dir: Path, settings: dict[str, Any]) -> tu
     return lora, model
 
 
-def load_lora_run(run_dir: str | os.PathLike, iter_dir: Path, settings: dict[str, Any], *, tp=1, pp=1, ep=1):
-    """(bridge, [model with adapters loaded], hf_config, meta, lora). Collective."""
-    from conversion.megatron_io import load_megatron
-
-    bridge, model, config, meta = load_megatron(base_of(iter_dir), tp=tp, pp=pp, ep=ep)
-    lora, model = attach_adapters(model, iter_dir, settings)
-    meta = {**meta, "lora": {"run": str(run_dir), "base": str(base_of(iter_dir))}}
-    return bridge, model, config, meta, lora
-
-
 def save_adapter(bridge: Any, model: list, lora: Any, out: Path, base: str) -> None:
     """The adapters alone, as an HF PEFT directory loadable with PeftModel.from_pretrained(base, out).
 
@@ -127,7 +117,7 @@ def save_adapter(bridge: Any, model: list, lora: Any, out: Path, base: str) -> N
     from safetensors.torch import load_file, save_file
 
     bridge.save_hf_adapter(model, out, peft_config=lora, base_model_name_or_path=base, show_progress=False)
-    if dist_rank() != 0:
+    if not is_rank0():
         return
     experts = _expert_adapters(model)
     if not experts:
@@ -147,12 +137,6 @@ def save_adapter(bridge: Any, model: list, lora: Any, out: Path, base: str) -> N
             state[prefix + "lora_B.weight"] = b.contiguous()
     save_file(state, str(weights_path))
     config_path.write_text(json.dumps(config, indent=2))
-
-
-def dist_rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _expert_adapters(model: list) -> dict[int, dict[str, tuple]]:

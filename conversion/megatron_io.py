@@ -6,18 +6,16 @@ Two engines write the same checkpoints (tests compare them bit for bit):
 - "bridge": Megatron-Bridge's AutoBridge builds the model (name mapping, QKV fusion, gate/up
   de-interleave, down_proj orientation, TP/PP/EP sharding) in the requested layout, under torchrun;
   it needs the whole model in memory. LoRA runs are merged in the model, so they export this way.
-This module adds what both need: input checks with clear errors, CPU models (gptoss.cpu), an
+This module adds what both need: input checks with clear errors, CPU models (megatron_cpu.model), an
 atomic output directory, the HF config + tokenizer + source dtypes stored beside the Megatron
 checkpoint (so export needs nothing else), and a sharded, optionally MXFP4, HF writer.
 
 Multi-rank (bridge engine): every function here is collective; run it under torchrun with world
 size tp * pp * ep (x data parallel). Rank 0 creates and renames the output directory.
 
-Layout of a Megatron directory written by `import_hf`:
-    <dir>/iter_0000000/...               the torch_dist checkpoint (what the recipes load)
-    <dir>/latest_checkpointed_iteration.txt
-    <dir>/hf/config.json, tokenizer*     the HF side, for export and validation
-    <dir>/kit_conversion.json            source, source dtypes, layout at import, tokenizer fingerprint
+The directory layout of a Megatron checkpoint is conversion/megatron_dir.py's. This module is the
+one reader of such checkpoints (`load_megatron`, `load_any` for full weights or a LoRA run with its
+base), used by conversion, validation and inference.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,57 +34,35 @@ from conversion.hf_io import (
     ConversionError,
     HFCheckpoint,
     ShardedWriter,
-    arch_from_config,
-    atomic_output_dir,
-    replace_dir,
 )
-from gptoss import cpu
-from gptoss.arch import GptOssArch
+from conversion.megatron_dir import ADAPTER_SUBDIR, HF_SUBDIR, META, CheckpointDirError, iteration_dir
+from gptoss.arch import GptOssArch, arch_from_hf_config
+from kit.dist import is_rank0
+from kit.fs import staged_dir, write_text_atomic
+from megatron_cpu import model as cpu
 
-META = "kit_conversion.json"
-HF_SUBDIR = "hf"
-ADAPTER_SUBDIR = "adapter"  # in the export of a LoRA run: the adapters alone, HF PEFT format
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def check_layout(arch: GptOssArch, tp: int, pp: int, ep: int) -> None:
-    """Refuse a parallel layout the architecture cannot be split into (before building anything)."""
-    problems = []
-    if arch.num_attention_heads % tp or arch.num_key_value_heads % tp:
-        problems.append(f"TP={tp} must divide {arch.num_attention_heads} heads and {arch.num_key_value_heads} KV heads")
-    if arch.num_layers % pp:
-        problems.append(f"PP={pp} must divide {arch.num_layers} layers")
-    if arch.num_experts % ep:
-        problems.append(f"EP={ep} must divide {arch.num_experts} experts")
+    """Refuse a parallel layout the architecture cannot be split into (GptOssArch.layout_problems),
+    or that the processes of this job do not fill, before building anything."""
+    problems = arch.layout_problems(tp=tp, pp=pp, ep=ep)
     if dist.is_initialized() and dist.get_world_size() % (tp * pp * ep):
         problems.append(f"world size {dist.get_world_size()} is not a multiple of TP*PP*EP={tp * pp * ep}")
     if problems:
         raise ConversionError(f"gpt-oss {arch.name} cannot be split as TP={tp} PP={pp} EP={ep}: " + "; ".join(problems))
 
 
-def setup_parallel(tp: int, pp: int, ep: int) -> None:
-    """torch.distributed + parallel_state for this layout (world size from torchrun, 1 otherwise)."""
-    cpu.init_parallel(tp, pp, ep)
-
-
 def bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
     """The bridge and the model provider for this config and layout (nothing built yet): the one
     place that sets a gpt-oss provider up (conversion and inference)."""
-    from megatron.bridge import AutoBridge
-
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
+    from megatron.bridge import AutoBridge
+
     if hf_path is not None:
         bridge = AutoBridge.from_hf_pretrained(str(hf_path))
     else:
@@ -95,14 +70,12 @@ def bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Pat
 
         bridge = AutoBridge.from_hf_config(GptOssConfig.from_dict(_plain_config(hf_config)))
     provider = bridge.to_megatron_provider(load_weights=False)
+    arch_from_hf_config(hf_config).apply_to_provider(provider)  # the bridge hard-codes the released sizes' values
     provider.tensor_model_parallel_size = tp
     provider.pipeline_model_parallel_size = pp
     provider.expert_model_parallel_size = ep
-    provider.expert_tensor_parallel_size = 1  # no GLU-aware expert split under ETP in the bridge
     provider.sequence_parallel = False
-    provider.vocab_size = hf_config["vocab_size"]
     provider.should_pad_vocab = False  # keep the checkpoint's 201,088 rows (the bridge pads on load otherwise)
-    apply_arch(provider, arch_from_config(hf_config))
     if not cpu.cuda_available():
         cpu.make_cpu_friendly(provider)
     return bridge, provider
@@ -110,13 +83,7 @@ def bridge_and_provider(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Pat
 
 def _bridge_and_model(hf_config: dict, tp: int, pp: int, ep: int, hf_path: Path | None = None):
     bridge, provider = bridge_and_provider(hf_config, tp, pp, ep, hf_path)
-    return bridge, [cpu.build_model_cpu(provider)]
-
-
-def apply_arch(provider: Any, arch: GptOssArch) -> None:
-    """Set what the bridge hard-codes for the released sizes from the arch (see GptOssArch.megatron_fields)."""
-    for name, value in arch.megatron_fields().items():
-        setattr(provider, name, value)
+    return bridge, [cpu.build_model(provider)]
 
 
 def _plain_config(hf_config: dict) -> dict:
@@ -125,15 +92,10 @@ def _plain_config(hf_config: dict) -> dict:
 
 
 def _latest_iter_dir(megatron_dir: Path) -> Path:
-    tracker = megatron_dir / "latest_checkpointed_iteration.txt"
-    if not tracker.is_file():
-        raise ConversionError(f"{tracker}: missing (not a complete Megatron checkpoint)")
-    it = tracker.read_text().strip()
-    name = "release" if it == "release" else f"iter_{int(it):07d}"
-    path = megatron_dir / name
-    if not (path / "metadata.json").is_file():
-        raise ConversionError(f"{path}: missing or incomplete torch_dist checkpoint (no metadata.json)")
-    return path
+    try:
+        return iteration_dir(megatron_dir)
+    except CheckpointDirError as err:
+        raise ConversionError(str(err)) from None
 
 
 # ---- import ------------------------------------------------------------------------------------
@@ -172,16 +134,15 @@ def import_hf(
 
 
 def _import(src: HFCheckpoint, out: str | os.PathLike, tp: int, pp: int, ep: int, force: bool, engine: str) -> Path:
-    setup_parallel(tp, pp, ep)
+    cpu.init_process_groups(tp, pp, ep)
     bridge, provider = bridge_and_provider(src.config, tp, pp, ep, hf_path=src.path)
     model = None
     if engine == "bridge":
-        model = [cpu.build_model_cpu(provider)]
+        model = [cpu.build_model(provider)]
         with cpu.on_cpu():  # TP scatters ask torch.cuda for the current device (no-op with a GPU)
             bridge.load_hf_weights(model)
     out = Path(out).absolute()
-    tmp = _make_tmp(out, force)
-    try:
+    with staged_dir(out, force=force, error=ConversionError) as tmp:
         if model is None:
             from conversion.streaming import import_streamed
 
@@ -191,40 +152,9 @@ def _import(src: HFCheckpoint, out: str | os.PathLike, tp: int, pp: int, ep: int
 
             with cpu.on_cpu():
                 save_megatron_model(model, str(tmp), ckpt_format="torch_dist")
-        if _rank() == 0:
+        if is_rank0():
             _write_sidecar(tmp, src, layout={"tp": tp, "pp": pp, "ep": ep, "engine": engine})
-        _barrier()
-    except BaseException:
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _finish_tmp(tmp, out)
     return out
-
-
-def _make_tmp(out: Path, force: bool) -> Path:
-    """Rank 0 makes the temporary directory beside `out`; everyone learns its name."""
-    holder: list[Any] = [None]
-    if _rank() == 0:
-        if out.exists() and not force:
-            holder[0] = ConversionError(f"{out}: already exists (use --force to overwrite)")
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            holder[0] = str(out.parent / f".{out.name}.tmp-{os.getpid()}")
-            shutil.rmtree(holder[0], ignore_errors=True)
-            os.makedirs(holder[0])
-    if dist.is_initialized():
-        dist.broadcast_object_list(holder, src=0)
-    if isinstance(holder[0], Exception):
-        raise holder[0]
-    return Path(holder[0])
-
-
-def _finish_tmp(tmp: Path, out: Path) -> None:
-    _barrier()
-    if _rank() == 0:
-        replace_dir(tmp, out)
-    _barrier()
 
 
 def _write_sidecar(tmp: Path, src: HFCheckpoint, layout: dict) -> None:
@@ -277,8 +207,7 @@ def write_training_sidecar(checkpoint_dir: str | os.PathLike, arch: GptOssArch, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     meta = {"source": source, "source_format": "bf16", "arch": arch.name, "hf_dtypes": {}}
-    (d / f".{META}.tmp").write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(d / f".{META}.tmp", d / META)
+    write_text_atomic(d / META, json.dumps(meta, indent=2) + "\n")
 
 
 # ---- loading a Megatron checkpoint ------------------------------------------------------------
@@ -293,7 +222,7 @@ def read_sidecar(megatron_dir: str | os.PathLike) -> tuple[dict, dict]:
             raise ConversionError(f"{p}: missing (was {d} written by `python -m conversion import`?)")
     config = json.loads(cfg.read_text())
     try:
-        arch_from_config(config)
+        arch_from_hf_config(config)
     except (ValueError, KeyError) as err:
         raise ConversionError(f"{cfg}: {err}") from None
     return config, json.loads(meta.read_text())
@@ -307,8 +236,8 @@ def load_megatron(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
     megatron_dir = Path(megatron_dir)
     config, meta = read_sidecar(megatron_dir)
     iter_dir = _latest_iter_dir(megatron_dir)
-    check_layout(arch_from_config(config), tp, pp, ep)
-    setup_parallel(tp, pp, ep)
+    check_layout(arch_from_hf_config(config), tp, pp, ep)
+    cpu.init_process_groups(tp, pp, ep)
     bridge, model = _bridge_and_model(config, tp, pp, ep)
     from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
 
@@ -326,10 +255,14 @@ def load_any(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
     """
     from conversion import lora
 
-    settings = lora.peft_settings(_latest_iter_dir(Path(megatron_dir)))
+    iter_dir = _latest_iter_dir(Path(megatron_dir))
+    settings = lora.peft_settings(iter_dir)
     if settings is None:
         return (*load_megatron(megatron_dir, tp=tp, pp=pp, ep=ep), None)
-    return lora.load_lora_run(megatron_dir, _latest_iter_dir(Path(megatron_dir)), settings, tp=tp, pp=pp, ep=ep)
+    base = lora.base_of(iter_dir)  # the run trained adapters only: build its base, then attach them
+    bridge, model, config, meta = load_megatron(base, tp=tp, pp=pp, ep=ep)
+    adapters, model = lora.attach_adapters(model, iter_dir, settings)
+    return bridge, model, config, {**meta, "lora": {"run": str(megatron_dir), "base": str(base)}}, adapters
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -358,7 +291,7 @@ def export_hf(
 
     megatron_dir = Path(megatron_dir)
     if dtype == "mxfp4":  # refuse before writing anything, not at the first expert
-        arch = arch_from_config(read_sidecar(megatron_dir)[0])
+        arch = arch_from_hf_config(read_sidecar(megatron_dir)[0])
         if arch.hidden_size % mxfp4.BLOCK or arch.expert_ffn_hidden_size % mxfp4.BLOCK:
             raise ConversionError(
                 f"--dtype mxfp4 needs hidden size ({arch.hidden_size}) and expert FFN size "
@@ -367,7 +300,7 @@ def export_hf(
     is_lora = lora.peft_settings(_latest_iter_dir(megatron_dir)) is not None
     if engine == "stream" and not is_lora:
         config, meta = read_sidecar(megatron_dir)
-        check_layout(arch_from_config(config), tp, pp, ep)
+        check_layout(arch_from_hf_config(config), tp, pp, ep)
         weights = stream_hf_weights_from_disk(megatron_dir, config, meta)
         bridge = model = lora_cfg = None
     else:
@@ -375,8 +308,7 @@ def export_hf(
         weights = None
     hf_side = Path(meta["lora"]["base"]) if lora_cfg is not None else megatron_dir
     out = Path(out).absolute()
-    tmp = _make_tmp(out, force)
-    try:
+    with staged_dir(out, force=force, error=ConversionError) as tmp:
         if lora_cfg is not None:  # a LoRA run: the adapters alone, then the merged weights
             from conversion.lora import merge_into_base, save_adapter
 
@@ -384,7 +316,7 @@ def export_hf(
             merge_into_base(model)
         if weights is None:
             weights = stream_hf_weights(bridge, model, meta)
-        writer = ShardedWriter(tmp, max_shard_bytes) if _rank() == 0 else None
+        writer = ShardedWriter(tmp, max_shard_bytes) if is_rank0() else None
         for name, tensor in weights:
             if writer is None:
                 continue  # every rank takes part in the gathers; rank 0 writes
@@ -397,11 +329,6 @@ def export_hf(
         if writer is not None:
             writer.close()
             _write_hf_side(hf_side, tmp, config, dtype)
-    except BaseException:
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _finish_tmp(tmp, out)
     return out
 
 
@@ -421,7 +348,7 @@ def stream_hf_weights_from_disk(megatron_dir: str | os.PathLike, config: dict, m
     at a time (no model is built)."""
     from conversion.streaming import iter_hf_weights
 
-    for name, tensor in iter_hf_weights(_latest_iter_dir(Path(megatron_dir)), arch_from_config(config)):
+    for name, tensor in iter_hf_weights(_latest_iter_dir(Path(megatron_dir)), arch_from_hf_config(config)):
         yield name, _to_source_dtype(name, tensor, meta)
 
 
@@ -438,7 +365,6 @@ def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> N
 
 __all__ = [
     "ConversionError",
-    "atomic_output_dir",
     "check_layout",
     "export_hf",
     "import_hf",

@@ -223,10 +223,10 @@ def _lazy_strategy(resolve: Callable[[str, torch.Size, torch.Size], torch.Tensor
 
 def meta_model(provider: Any, dtype: torch.dtype) -> Any:
     """The GPTModel of `provider` (TP=PP=EP=1) on the meta device: structure without memory."""
-    from gptoss import cpu
+    from megatron_cpu import model as cpu
 
     with torch.device("meta"):
-        model = cpu.build_model_cpu(provider)
+        model = cpu.build_model(provider)
     return model.to(dtype)
 
 
@@ -245,7 +245,7 @@ def import_streamed(src: HFCheckpoint, provider: Any, out: Path, *, target: Path
     from megatron.core.optimizer import OptimizerConfig
     from tqdm import tqdm
 
-    from gptoss import cpu
+    from megatron_cpu import model as cpu
 
     model = meta_model(provider, storage_dtype(src))
     total = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -35,6 +35,7 @@ class Report:
     weight_mismatches: list[str] = field(default_factory=list)
     logits: dict[str, float] | None = None
     tolerances: Tolerances = field(default_factory=Tolerances)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def weights_ok(self) -> bool:
@@ -61,24 +62,35 @@ class Report:
                 f"logits ({int(lg['tokens'])} tokens): max|diff| {lg['max_abs']:.3g} (<= {t.max_abs:g}), "
                 f"cosine {lg['cosine']:.8f} (>= {t.min_cosine:g}), top-1 agreement {lg['top1']:.4f} (>= {t.min_top1:g})"
             )
+        lines += self.notes
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
 
 
-def prompts(vocab_size: int, seq_len: int = 40) -> torch.Tensor:
+def prompts(vocab_size: int, seq_len: int = 40) -> tuple[torch.Tensor, str | None]:
     """The fixed prompt set: a tokenized English/code text and seeded random ids, `seq_len` each
     (longer than the 128-token window of the released models only with seq_len > 128; the tiny
-    model's window is 8)."""
+    model's window is 8). A vocabulary smaller than the tokenizer's (research variants) cannot embed
+    the text's ids: then both rows are seeded random ids inside the vocabulary, and the second value
+    says so for the report (None otherwise)."""
     from gptoss import tokenizer
 
     text = (
         "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
         "The quick brown fox jumps over the lazy dog. "
     ) * 8
-    ids = tokenizer.encoding().encode(text)[:seq_len]
+    ids = torch.tensor(tokenizer.encoding().encode(text)[:seq_len])
     g = torch.Generator().manual_seed(1234)
+    # below the harmony specials (199998+) when the vocabulary has them: ordinary text tokens
     rand = torch.randint(0, min(vocab_size, 199_998), (seq_len,), generator=g)
-    return torch.stack([torch.tensor(ids), rand])
+    note = None
+    if int(ids.max()) >= vocab_size:
+        note = (
+            f"prompts: the vocabulary ({vocab_size:,}) is smaller than the tokenizer's text ids (up to "
+            f"{int(ids.max()):,}): both prompts are seeded random ids below {vocab_size:,}"
+        )
+        ids = torch.randint(0, vocab_size, (seq_len,), generator=g)
+    return torch.stack([ids, rand]), note
 
 
 def compare_weights(src: HFCheckpoint, exported, report: Report) -> None:
@@ -167,7 +179,8 @@ def validate(
     compare_weights(src, stream_hf_weights_from_disk(megatron_dir, config, meta), report)
     if logits:
         _, model, _, _ = load_megatron(Path(megatron_dir))
-        ids = prompts(src.arch.vocab_size, seq_len)
+        ids, note = prompts(src.arch.vocab_size, seq_len)
+        report.notes += [note] if note else []
         _round_to_source_precision(model[0], src)
         meg = megatron_logits(model[0], ids)
         del model

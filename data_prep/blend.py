@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.pretrain import read_manifest
-from gptoss import workspace
+from kit import workspace
+from recipes.gpt_oss import CODE_DATASET, REPLAY_DATASET, REPLAY_SHARE
 
-DEFAULT_BLEND = (("the-stack", 0.8), ("replay", 0.2))  # recipes/gpt_oss.py cpt_config's defaults
+# the continued-pretraining recipes' own default (one statement of it: recipes/gpt_oss.py)
+DEFAULT_BLEND = ((CODE_DATASET, 1.0 - REPLAY_SHARE), (REPLAY_DATASET, REPLAY_SHARE))
 
 
 def dataset_dir(name_or_path: str) -> Path:
@@ -63,8 +65,9 @@ def parse_items(items: list[str]) -> list[tuple[str, float]]:
 
 
 def write(path: Path, prefixes: list[str], weights: list[float]) -> dict[str, Any]:
-    from data_prep.util import atomic_write_text, dump_json
+    from data_prep.util import dump_json
+    from kit.fs import write_text_atomic
 
     doc = {"blend": [prefixes, weights], "override": override(prefixes, weights)}
-    atomic_write_text(Path(path), dump_json(doc))
+    write_text_atomic(Path(path), dump_json(doc))
     return doc

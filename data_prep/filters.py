@@ -24,6 +24,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 # SPDX ids as they appear in The Stack's license columns (ScanCode/GitHub spelling).
 PERMISSIVE_LICENSES = (
     "MIT",
@@ -157,6 +159,38 @@ def language(meta: dict[str, Any]) -> str:
     return EXT_LANG.get(ext, "unknown")
 
 
+# str.splitlines() breaks besides "\n": \r \v \f \x1c \x1d \x1e (one byte), \x85 \u2028 \u2029 (UTF-8)
+_BREAK_BYTES = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
+_BREAK_UTF8 = ("\x85".encode(), "\u2028".encode(), "\u2029".encode())
+
+
+def line_stats(text: str, data: bytes | None = None, limit: int | None = None) -> tuple[int, float]:
+    """(longest line, mean line length) in characters, lines as str.splitlines() cuts them, without
+    building the list of lines where it can: with "\n" the only break (nearly all code), the mean
+    is arithmetic on a count, and the longest line is measured in bytes with numpy, which is exact
+    for ASCII and an upper bound otherwise (then, if over `limit`, measured again in characters).
+    With `limit`, a "longest line" at or under it may be an upper bound: only the comparison with
+    the limit is exact."""
+    b = text.encode("utf-8") if data is None else data
+    # memchr-speed byte tests rather than one regex scan; the multi-byte breaks only exist in non-ASCII
+    if any(c in b for c in _BREAK_BYTES) or (len(b) != len(text) and any(c in b for c in _BREAK_UTF8)):
+        lines = text.splitlines() or [""]
+        return max(map(len, lines)), sum(map(len, lines)) / len(lines)
+    nl = b.count(b"\n")  # the same count as in the str, at bytes speed
+    n_lines = max(nl + (0 if text.endswith("\n") else 1), 1)
+    avg = (len(text) - nl) / n_lines
+    if limit is not None and len(b) <= limit:
+        return len(b), avg  # no line can be longer than the limit: its exact length is not needed
+    cuts = np.flatnonzero(np.frombuffer(b, dtype=np.uint8) == 10)
+    if cuts.size == 0:
+        longest = len(b)
+    else:
+        longest = int(max(cuts[0], np.diff(cuts).max(initial=1) - 1, len(b) - cuts[-1] - 1))
+    if longest != 0 and len(b) != len(text) and (limit is None or longest > limit):
+        longest = max(map(len, text.split("\n")))  # non-ASCII: bytes overstate characters
+    return longest, avg
+
+
 def _licenses(value: Any) -> list[str] | None:
     """The license column as a list; None when the record has no license column at all."""
     if value is None:
@@ -175,9 +209,10 @@ class Filter:
         self.languages = {x.lower() for x in cfg.languages}
         self.licenses = set(cfg.licenses)
 
-    def check(self, text: str, nbytes: int, meta: dict[str, Any], lang: str) -> str | None:
+    def check(self, text: str, nbytes: int, meta: dict[str, Any], lang: str, data: bytes | None = None) -> str | None:
+        """`data`: the text's UTF-8 bytes when the caller has them (saves encoding it again)."""
         cfg = self.cfg
-        if not text.strip():
+        if not text or text.isspace():  # isspace: no stripped copy of a 1 MB document
             return "empty"
         if cfg.max_bytes is not None and nbytes > cfg.max_bytes:
             return "too_large"
@@ -191,9 +226,7 @@ class Filter:
             max_len = meta.get("max_line_length")
             avg_len = meta.get("avg_line_length")
             if max_len is None or avg_len is None:
-                lines = text.splitlines() or [""]
-                max_len = max(map(len, lines))
-                avg_len = sum(map(len, lines)) / len(lines)
+                max_len, avg_len = line_stats(text, data, cfg.max_line_length)
             if cfg.max_line_length is not None and max_len > cfg.max_line_length:
                 return "max_line_length"
             if cfg.max_avg_line_length is not None and avg_len > cfg.max_avg_line_length:
@@ -203,7 +236,7 @@ class Filter:
             if frac is None:
                 # ASCII alphanumerics over UTF-8 bytes: one C call, close to The Stack's per-character
                 # value for code (mostly ASCII) and stricter for non-Latin text (use --preset text).
-                b = text.encode("utf-8")
+                b = text.encode("utf-8") if data is None else data
                 frac = (len(b) - len(b.translate(None, _ALNUM))) / max(len(b), 1)
             if frac < cfg.min_alnum_fraction:
                 return "alnum_fraction"

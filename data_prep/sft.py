@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from data_prep.readers import Unit, expand_inputs, kind_of
-from data_prep.util import DropStats, atomic_write_text, dump_json
+from data_prep.util import DropStats, dump_json
+from kit.fs import write_text_atomic
 
 ROLES = ("system", "developer", "user", "assistant")
 CHANNELS = ("analysis", "commentary", "final")
@@ -263,12 +264,10 @@ def _is_validation(ids: list[int], fraction: float) -> bool:
 
 
 def packed_paths(output: Path, seq_length: int) -> dict[str, Path]:
-    d = Path(output) / "packed"
-    return {
-        "train": d / f"training_{seq_length}.idx.parquet",
-        "validation": d / f"validation_{seq_length}.idx.parquet",
-        "metadata": d / f"{seq_length}_metadata.jsonl",
-    }
+    """The files of one packing (names: kit.workspace.packed_sft_files, which the recipes read)."""
+    from kit.workspace import packed_sft_files
+
+    return packed_sft_files(output, seq_length)
 
 
 def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
@@ -328,7 +327,7 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
             "loss_tokens": sum(sum(m) for _, m in splits[split]),
             "packing_efficiency": meta["packing_efficiency"],
         }
-    atomic_write_text(paths["metadata"], json.dumps(metadata))
+    write_text_atomic(paths["metadata"], json.dumps(metadata))
     manifest = {
         "format": "megatron-bridge packed parquet (GPTSFTPackedParquetDataset)",
         "tokenizer": fingerprint(),
@@ -342,7 +341,7 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
         "files": {k: str(v.relative_to(out)) for k, v in paths.items() if v.exists()},
         "overrides": recipe_overrides(out, cfg.seq_length, has_validation="validation" in stats),
     }
-    atomic_write_text(out / "manifest.json", dump_json(manifest))
+    write_text_atomic(out / "manifest.json", dump_json(manifest))
     for split, s in stats.items():
         log(
             f"{split}: {s['conversations']:,} conversations -> {s['packs']:,} packs of {cfg.seq_length} tokens, "

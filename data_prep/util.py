@@ -1,31 +1,12 @@
-"""Small shared helpers: atomic writes, checksums, drop statistics."""
+"""Small shared helpers: checksums, deterministic JSON, drop statistics (atomic writes: kit.fs)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 MAX_EXAMPLES = 5  # locations kept per drop reason: enough to find the problem, small in the manifest
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are shared data, readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dump_json(obj: Any) -> str:

@@ -15,8 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-# o200k_harmony, padded (see gptoss.tokenizer). Shared by every variant, tiny included.
-VOCAB_SIZE = 201_088
+from gptoss.tokenizer import SPECIAL, VOCAB_SIZE  # noqa: F401 - VOCAB_SIZE re-exported: every variant's, tiny too
+
+# Expert tensor parallelism must stay 1: the fused fc1 holds [gate; up], and neither Megatron-Bridge's
+# gpt-oss mapping nor Megatron's expert split is GLU-aware under ETP (a split would mix gate and up).
+EXPERT_TENSOR_PARALLEL = 1
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,10 @@ class GptOssArch:
             "model_type": "gpt_oss",
             "attention_bias": True,
             "attention_dropout": 0.0,
-            "eos_token_id": 200002,
-            "pad_token_id": 199999,
+            # the release's ids (gptoss.tokenizer says why they stay); a research vocabulary too small
+            # to hold them declares none (transformers refuses a padding index outside the embedding)
+            "eos_token_id": _token_id("<|return|>", self.vocab_size),
+            "pad_token_id": _token_id("<|endoftext|>", self.vocab_size),
             "head_dim": self.head_dim,
             "hidden_act": "silu",
             "hidden_size": self.hidden_size,
@@ -195,6 +200,69 @@ class GptOssArch:
             "layernorm_epsilon": self.rms_norm_eps,
         }
 
+    def apply_to_provider(self, provider: Any) -> Any:
+        """Set a Megatron model provider's architecture fields from this arch (megatron_fields, the
+        unpadded vocabulary, ETP=1); returns the provider. The inverse is `from_provider`."""
+        for name, value in self.megatron_fields().items():
+            setattr(provider, name, value)
+        provider.vocab_size = self.vocab_size  # the real 201,088: matches every gpt-oss checkpoint
+        provider.expert_tensor_parallel_size = EXPERT_TENSOR_PARALLEL
+        return provider
+
+    @classmethod
+    def from_provider(cls, provider: Any) -> GptOssArch:
+        """The architecture of a (possibly overridden) Megatron model provider, matched to a named
+        variant when it is one (the provider keeps no max_position_embeddings: the recipe sets
+        seq_length, so a known variant's is taken when everything else matches)."""
+        arch = cls(
+            name="recipe",
+            num_layers=provider.num_layers,
+            hidden_size=provider.hidden_size,
+            num_attention_heads=provider.num_attention_heads,
+            num_key_value_heads=provider.num_query_groups,
+            head_dim=provider.kv_channels,
+            num_experts=provider.num_moe_experts,
+            experts_per_token=provider.moe_router_topk,
+            expert_ffn_hidden_size=provider.moe_ffn_hidden_size,
+            vocab_size=provider.vocab_size,
+            sliding_window=(provider.window_size[0] + 1) if provider.window_size else provider.seq_length,
+            initial_context_length=provider.yarn_original_max_position_embeddings,
+            rope_theta=provider.rotary_base,
+            yarn_factor=provider.yarn_rotary_scaling_factor,
+            yarn_beta_fast=provider.yarn_beta_fast,
+            yarn_beta_slow=provider.yarn_beta_slow,
+            swiglu_limit=provider.activation_func_clamp_value,
+            rms_norm_eps=provider.layernorm_epsilon,
+        )
+        for known in ARCHS.values():
+            same = replace(arch, name=known.name, hf_id=known.hf_id, max_position_embeddings=known.max_position_embeddings)
+            if same == known:
+                return known
+        return arch_from_hf_config(arch.hf_config_dict())
+
+    # ---- parallel layouts --------------------------------------------------------------------
+    def layout_problems(self, *, tp: int = 1, pp: int = 1, ep: int = 1, etp: int = 1, vpp: int | None = None) -> list[str]:
+        """What this architecture cannot be split into: heads and KV heads by TP, layers by PP (x VPP),
+        experts by EP, ETP other than 1. The one statement of these rules: the planner adds the
+        allocation's (world size, batch, sequence), conversion and inference the process count."""
+        v = []
+        if self.num_attention_heads % tp:
+            v.append(f"attention heads {self.num_attention_heads} not divisible by TP={tp}")
+        if self.num_key_value_heads % tp:
+            v.append(f"KV heads (query groups) {self.num_key_value_heads} not divisible by TP={tp}")
+        if vpp:
+            if pp < 2:
+                v.append(f"VPP={vpp} needs PP >= 2 (PP={pp})")
+            if self.num_layers % (pp * vpp):
+                v.append(f"layers {self.num_layers} not divisible by PP*VPP = {pp}*{vpp}")
+        elif self.num_layers % pp:
+            v.append(f"layers {self.num_layers} not divisible by PP={pp}")
+        if self.num_experts % ep:
+            v.append(f"experts {self.num_experts} not divisible by EP={ep}")
+        if etp != EXPERT_TENSOR_PARALLEL:
+            v.append(f"ETP={etp}: gpt-oss experts need expert_tensor_parallel_size=1 (no GLU-aware split under ETP)")
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -231,6 +299,10 @@ TINY = GptOssArch(
 )
 
 ARCHS: dict[str, GptOssArch] = {a.name: a for a in (TINY, GPT_OSS_20B, GPT_OSS_120B)}
+
+
+def _token_id(token: str, vocab_size: int) -> int | None:
+    return SPECIAL[token] if SPECIAL[token] < vocab_size else None
 
 
 def get_arch(name: str) -> GptOssArch:

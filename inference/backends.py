@@ -10,6 +10,11 @@
   export for those). Attention is Megatron's unfused DotProductAttention ("local" backend), the
   path that implements learnable sinks; Transformer Engine's fused attention is not used here.
 
+- `AutoLMBackend`: any other HF causal LM (StarCoder, StarCoder2, Llama-family coders), through
+  transformers' Auto classes with its own tokenizer, raw completion only: the comparison models
+  run through the same harness (prompts, stops, post-processing, sandbox) as gpt-oss.
+
+Each backend has a `codec` (inference.codec): the kit's tokenizer for gpt-oss, the model's own otherwise.
 `load_backend(path)` picks the backend from what the directory holds.
 """
 
@@ -23,8 +28,8 @@ from typing import Any
 import torch
 
 from conversion import lora
-
-MEGATRON_MARKERS = ("latest_checkpointed_iteration.txt",)
+from conversion.megatron_dir import TRACKER, has_checkpoint
+from inference.codec import HFTokenizerCodec, KitCodec
 
 
 class CheckpointError(ValueError):
@@ -34,9 +39,9 @@ class CheckpointError(ValueError):
 def _device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
-    # gptoss.cpu.cuda_available without importing gptoss.cpu (it imports Megatron: seconds, for HF)
-    real = getattr(torch.cuda, "real_is_available", torch.cuda.is_available)
-    return torch.device("cuda" if real() else "cpu")
+    from megatron_cpu.training import cuda_available  # not megatron_cpu.model: that imports Megatron (seconds, for HF)
+
+    return torch.device("cuda" if cuda_available() else "cpu")
 
 
 # =============================================================================================
@@ -44,36 +49,15 @@ def _device(device: str | None) -> torch.device:
 # =============================================================================================
 
 
-class HFBackend:
-    """transformers' GptOssForCausalLM with a KV cache (reused while every sequence grows by one token)."""
+class _CachedCausalLM:
+    """Next-token logits from a transformers causal LM with a KV cache, reused while every sequence
+    grows by one token (the sampling loop's pattern); left padding for batches."""
 
-    def __init__(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None) -> None:
-        from transformers import GptOssConfig, GptOssForCausalLM
-
-        from conversion.hf_io import ConversionError, HFCheckpoint
-
-        try:
-            src = HFCheckpoint(path)
-        except ConversionError as e:
-            raise CheckpointError(str(e)) from None
-        self.name = f"hf:{path}"
-        self.device = _device(device)
-        # fp32 on CPU (exact comparisons with Megatron), bf16 on a GPU (what the weights are)
-        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
-        config = GptOssConfig.from_dict({k: v for k, v in src.config.items() if k != "quantization_config"})
-        config._attn_implementation = "eager"  # the implementation with attention sinks
-        with torch.device("meta"):
-            model = GptOssForCausalLM(config)
-        state = {name: t.to(self.dtype) for name, t in src.dequantized()}
-        model.load_state_dict(state, strict=True, assign=True)
-        del state
-        model.model.rotary_emb.__init__(config, device="cpu")  # non-persistent buffers stay on meta otherwise
-        self.model = model.to(self.device).eval()
-        self.config = config
-        self.vocab_size = config.vocab_size
-        self._seqs: list[list[int]] | None = None
-        self._past: Any = None
-        self._mask: torch.Tensor | None = None
+    model: Any
+    device: torch.device
+    _seqs: list[list[int]] | None = None
+    _past: Any = None
+    _mask: torch.Tensor | None = None
 
     @torch.no_grad()
     def next_token_logits(self, sequences: list[list[int]]) -> torch.Tensor:
@@ -114,27 +98,76 @@ class HFBackend:
         return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits.float()
 
 
+class HFBackend(_CachedCausalLM):
+    """transformers' GptOssForCausalLM with a KV cache (reused while every sequence grows by one token)."""
+
+    def __init__(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None) -> None:
+        from transformers import GptOssConfig, GptOssForCausalLM
+
+        from conversion.hf_io import ConversionError, HFCheckpoint
+
+        try:
+            src = HFCheckpoint(path)
+        except ConversionError as e:
+            raise CheckpointError(str(e)) from None
+        self.name = f"hf:{path}"
+        self.device = _device(device)
+        # fp32 on CPU (exact comparisons with Megatron), bf16 on a GPU (what the weights are)
+        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        config = GptOssConfig.from_dict({k: v for k, v in src.config.items() if k != "quantization_config"})
+        config._attn_implementation = "eager"  # the implementation with attention sinks
+        with torch.device("meta"):
+            model = GptOssForCausalLM(config)
+        state = {name: t.to(self.dtype) for name, t in src.dequantized()}
+        model.load_state_dict(state, strict=True, assign=True)
+        del state
+        model.model.rotary_emb.__init__(config, device="cpu")  # non-persistent buffers stay on meta otherwise
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.codec = KitCodec()
+        self.model_type = "gpt_oss"
+
+class AutoLMBackend(_CachedCausalLM):
+    """Any other causal LM in an HF directory (StarCoder's GPTBigCode, StarCoder2, Llama-family
+    coders): transformers' AutoModelForCausalLM with its own tokenizer (local files only), for raw
+    completion with the same prompts, stops and post-processing as gpt-oss."""
+
+    def __init__(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        p = Path(path)
+        if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise CheckpointError(
+                f"{p}: no tokenizer beside the weights (tokenizer.json / tokenizer_config.json): save it there with "
+                "tokenizer.save_pretrained(DIR)"
+            )
+        self.device = _device(device)
+        self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        try:
+            self.config = AutoConfig.from_pretrained(str(p), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=self.dtype, local_files_only=True)
+            self.codec = HFTokenizerCodec(p)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{p}: transformers cannot load it as a causal LM: {str(e).splitlines()[0]}") from None
+        self.model = model.to(self.device).eval()
+        self.model_type = self.config.model_type
+        self.name = f"hf-auto:{self.model_type}:{path}"
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+
+
 # =============================================================================================
 # Megatron
 # =============================================================================================
 
 
 def _iter_dir(ckpt: Path, iteration: int | None) -> Path:
-    if iteration is None:
-        tracker = ckpt / "latest_checkpointed_iteration.txt"
-        if not tracker.is_file():
-            raise CheckpointError(f"{tracker}: missing (not a Megatron checkpoint directory)")
-        it = tracker.read_text().strip()
-        name = "release" if it == "release" else f"iter_{int(it):07d}"
-    else:
-        name = f"iter_{iteration:07d}"
-    d = ckpt / name
-    if not (d / "metadata.json").is_file():
-        have = sorted(p.name for p in ckpt.glob("iter_*"))
-        raise CheckpointError(
-            f"{d}: missing or incomplete torch_dist checkpoint (iterations present: {have or 'none'})"
-        )
-    return d
+    from conversion.megatron_dir import CheckpointDirError, iteration_dir
+
+    try:
+        return iteration_dir(ckpt, iteration)
+    except CheckpointDirError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
@@ -168,19 +201,19 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
     """The bridge and this rank's (empty) model for `hf_config` in this layout, ready for inference."""
     from megatron.core.transformer.enums import AttnBackend
 
-    from conversion.hf_io import arch_from_config
-    from conversion.megatron_io import bridge_and_provider, check_layout, setup_parallel
-    from gptoss import cpu
+    from conversion.megatron_io import bridge_and_provider, check_layout
+    from gptoss.arch import arch_from_hf_config
+    from megatron_cpu import model as cpu
 
     plain = {k: v for k, v in hf_config.items() if k != "quantization_config"}
-    check_layout(arch_from_config(plain), tp, pp, ep)
+    check_layout(arch_from_hf_config(plain), tp, pp, ep)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world % (tp * pp * ep):
         raise CheckpointError(
             f"--tp {tp} --pp {pp} --ep {ep} needs a multiple of {tp * pp * ep} processes, this run has {world}: "
             f"launch with torchrun --nproc-per-node {tp * pp * ep} -m inference ..."
         )
-    setup_parallel(tp, pp, ep)
+    cpu.init_process_groups(tp, pp, ep)
     bridge, provider = bridge_and_provider(plain, tp, pp, ep)
     provider.parallel_output = False  # full-vocabulary logits on every tensor-parallel rank
     if cpu.cuda_available():
@@ -188,7 +221,7 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
         provider.attention_backend = AttnBackend.local
         provider.masked_softmax_fusion = False
         provider.bf16, provider.params_dtype = True, torch.bfloat16
-    model = cpu.build_model_cpu(provider)  # CPU-friendly on CPU; provide() + .cuda() with a GPU
+    model = cpu.build_model(provider)  # CPU-friendly on CPU; provide() + .cuda() with a GPU
     return bridge, [model]
 
 
@@ -244,6 +277,8 @@ class MegatronBackend:
             m.eval()
         self.hf_config = hf_config
         self.vocab_size = hf_config["vocab_size"]
+        self.codec = KitCodec()
+        self.model_type = "gpt_oss"
         self.device = next(self.model[0].parameters()).device
 
     @torch.no_grad()
@@ -251,7 +286,7 @@ class MegatronBackend:
         """Logits [B, T, V] (fp32) of equal-length rows; on every rank (collective)."""
         from megatron.core import parallel_state
 
-        from gptoss import cpu
+        from megatron_cpu import model as cpu
 
         ids = ids.to(self.device)
         pos = torch.arange(ids.shape[1], device=self.device)[None].expand(ids.shape[0], -1)
@@ -267,7 +302,7 @@ class MegatronBackend:
         import torch.distributed as dist
         from megatron.core import parallel_state as ps
 
-        from gptoss import cpu
+        from megatron_cpu import model as cpu
 
         model = self.model[0]
         hidden_shape = (ids.shape[1], ids.shape[0], self.hf_config["hidden_size"])  # Megatron's [s, b, h]
@@ -307,22 +342,26 @@ class MegatronBackend:
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
-    """'megatron' or 'hf', from the files in `path`; CheckpointError naming what is missing."""
+    """'megatron', 'hf' (gpt-oss) or 'hf-auto' (any other causal LM), from the files in `path`;
+    CheckpointError naming what is missing."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(
             f"{p}: no such checkpoint. Make one with `python -m conversion import --hf HF_DIR --out {p}` "
             f"(Megatron), `python -m conversion export --megatron DIR --out {p}` (HF) or a training run"
         )
-    if any((p / m).is_file() for m in MEGATRON_MARKERS):
+    if has_checkpoint(p):
         return "megatron"
     if (p / "config.json").is_file():
-        cfg = json.loads((p / "config.json").read_text())
-        if cfg.get("model_type") != "gpt_oss":
-            raise CheckpointError(f"{p / 'config.json'}: model_type {cfg.get('model_type')!r} is not gpt_oss")
-        return "hf"
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p / 'config.json'}: not JSON ({e})") from None
+        # gpt-oss keeps its exact path (the kit's tokenizer, MXFP4 dequantization, harmony chat);
+        # any other model type goes through transformers' Auto classes with its own tokenizer
+        return "hf" if cfg.get("model_type") == "gpt_oss" else "hf-auto"
     raise CheckpointError(
-        f"{p}: neither a Megatron checkpoint (latest_checkpointed_iteration.txt) nor an HF one (config.json)"
+        f"{p}: neither a Megatron checkpoint ({TRACKER}) nor an HF one (config.json)"
     )
 
 
@@ -330,14 +369,14 @@ def load_backend(path: str | os.PathLike, **kwargs: Any):
     """HFBackend or MegatronBackend for `path`; kwargs go to the chosen class (unknown ones are
     refused when they matter: a Megatron layout for an HF directory)."""
     kind = checkpoint_kind(path)
-    if kind == "hf":
+    if kind in ("hf", "hf-auto"):
         layout = {k: kwargs.pop(k) for k in ("tp", "pp", "ep") if k in kwargs}
         if any(v != 1 for v in layout.values()):
             raise CheckpointError(f"{path} is an HF checkpoint: --tp/--pp/--ep apply to Megatron checkpoints only")
         for k in ("iteration", "base", "merge"):
             if kwargs.pop(k, None) not in (None, False):
                 raise CheckpointError(f"{path} is an HF checkpoint: --{k} applies to Megatron checkpoints only")
-        return HFBackend(path, **kwargs)
+        return HFBackend(path, **kwargs) if kind == "hf" else AutoLMBackend(path, **kwargs)
     kwargs.pop("dtype", None)
     kwargs.pop("device", None)
     return MegatronBackend(path, **kwargs)

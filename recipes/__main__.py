@@ -6,22 +6,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import warnings
 
-# Without a GPU, Megatron's torch.compile'd fusions would target CUDA: run them eagerly.
-if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+EXIT_BAD_INPUT = 2
 
 
-def _config_dict(cfg) -> dict:
-    from gptoss.secrets import redact
+def _parser() -> argparse.ArgumentParser:
+    from recipes.launch import add_arguments as add_launch_arguments
 
-    return redact(cfg.to_dict())
-
-
-def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipes", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the recipes and their default allocation")
@@ -38,14 +31,91 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("overrides", nargs="*", help="key=value (dotted config paths)")
     pl.add_argument("--nodes", type=int, help="default: the recipe's")
     pl.add_argument("--gpus-per-node", type=int, help="default: the recipe's")
-    pl.add_argument("--gpu", default="h100", help="h100 | h200 | a100 | b200 (default h100)")
+    pl.add_argument("--gpu", default="h100", help="h100 | h200 | a100 | b200 | h100-pcie | h100-nvl (default h100)")
     pl.add_argument("--tokens", type=float, help="token budget, e.g. 200e9: prints steps and GPU-hours")
     pl.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilisation (default 0.12)")
     pl.add_argument("--tokens-per-gpu-s", type=float, help="assumed throughput instead of --mfu")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
-    from recipes.launch import add_arguments as add_launch_arguments
-
     add_launch_arguments(sub.add_parser("launch", help="plan, then train through NeMo-Run (slurm or local)"))
+    return ap
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import recipes
+
+    width = max(len(n) for n in recipes.RECIPES)
+    for r in recipes.RECIPES.values():
+        print(f"{r.name:<{width}}  {r.nodes}x{r.gpus_per_node:<2} {r.summary}")
+    return 0
+
+
+def _build(args: argparse.Namespace):
+    """The recipe's config with its overrides (KeyError/ValueError naming the fix)."""
+    import recipes
+
+    # Megatron's import sets up logging on stdout: keep stdout for our output alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        return recipes.build(args.recipe, args.overrides)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import recipes
+    from kit.secrets import redact
+
+    if args.resources:
+        r = recipes.get(args.recipe)
+        print(f"{r.nodes} {r.gpus_per_node}")
+        return 0
+    data = redact(_build(args).to_dict())
+    if args.format == "json":
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import recipes
+    from recipes.planner import DEFAULT_MFU, plan
+
+    recipe = recipes.get(args.recipe)
+    p = plan(
+        _build(args),
+        recipe=args.recipe,
+        nodes=args.nodes or recipe.nodes,
+        gpus_per_node=args.gpus_per_node or recipe.gpus_per_node,
+        gpu=args.gpu,
+        tokens=args.tokens,
+        mfu=args.mfu or DEFAULT_MFU,
+        tokens_per_gpu_s=args.tokens_per_gpu_s,
+    )
+    if args.json:
+        keys = ("ok", "layout", "violations", "params", "memory_gib", "throughput")
+        print(json.dumps({k: getattr(p, k) for k in keys}, indent=2))
+    else:
+        print(p.render())
+    return 0 if p.ok else 3
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recipes.run import run
+
+    return run(args.recipe, args.overrides)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from recipes.launch import launch
+
+    return launch(args)
+
+
+COMMANDS = {"list": cmd_list, "show": cmd_show, "plan": cmd_plan, "run": cmd_run, "launch": cmd_launch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     # key=value overrides may come before or after the options
     args, extra = ap.parse_known_args(argv)
     unknown = [x for x in extra if x.startswith("-") or "=" not in x]
@@ -53,79 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
+    if args.cmd != "list":
+        warnings.filterwarnings("ignore")
+        from megatron_cpu.training import eager_without_gpu
 
-    import recipes
-
-    if args.cmd == "list":
-        width = max(len(n) for n in recipes.RECIPES)
-        for r in recipes.RECIPES.values():
-            print(f"{r.name:<{width}}  {r.nodes}x{r.gpus_per_node:<2} {r.summary}")
-        return 0
-
-    warnings.filterwarnings("ignore")
-    if args.cmd == "run":
-        from recipes.run import run
-
-        return run(args.recipe, args.overrides)
-    if args.cmd == "launch":
-        from recipes.launch import launch
-
-        return launch(args)
+        eager_without_gpu()  # before Megatron imports: its torch.compile'd fusions target CUDA
     try:
-        recipe = recipes.get(args.recipe)
-        # Megatron's import sets up logging on stdout: keep stdout for our output alone.
-        with contextlib.redirect_stdout(sys.stderr):
-            cfg = recipes.build(args.recipe, args.overrides)
+        return COMMANDS[args.cmd](args)
     except (KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-
-    if args.cmd == "show":
-        if args.resources:
-            print(f"{recipe.nodes} {recipe.gpus_per_node}")
-            return 0
-        data = _config_dict(cfg)
-        if args.format == "json":
-            print(json.dumps(data, indent=2, default=str))
-        else:
-            import yaml
-
-            print(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
-        return 0
-
-    from recipes.planner import DEFAULT_MFU, plan
-
-    try:
-        p = plan(
-            cfg,
-            recipe=args.recipe,
-            nodes=args.nodes or recipe.nodes,
-            gpus_per_node=args.gpus_per_node or recipe.gpus_per_node,
-            gpu=args.gpu,
-            tokens=args.tokens,
-            mfu=args.mfu or DEFAULT_MFU,
-            tokens_per_gpu_s=args.tokens_per_gpu_s,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": p.ok,
-                    "layout": p.layout,
-                    "violations": p.violations,
-                    "params": p.params,
-                    "memory_gib": p.memory_gib,
-                    "throughput": p.throughput,
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(p.render())
-    return 0 if p.ok else 3
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 Four bases (pretrain from scratch, continued pretraining, full SFT, LoRA) are built from the
 architecture module (`gptoss.arch`), never from the hub: the HF config is generated locally and
 handed to AutoBridge.from_hf_config, so every recipe builds offline. Sizes differ only in data
-(the `Layout` and a few hyperparameters); precision variants are helpers applied to a base.
+(the `Layout` and a few hyperparameters); variants are helpers applied to a base:
+`for_gpu_cluster` (Transformer Engine kernels, distributed optimizer: every production recipe),
+`for_cpu` (the tiny recipes: fp32, CPU-safe layer spec, gloo) and `with_fp8_current_scaling`.
+
+Each recipe is registered where it is defined (`@recipe`, see recipes/__init__.py) with its default
+layout and allocation. Importing this module imports no Megatron: the builders do, when called.
 
 Every recipe trains with the real o200k_harmony tokenizer and its 201,088-entry vocabulary (the
 reference kit's pretrain recipes use a 32,000-entry placeholder).
@@ -11,37 +16,30 @@ reference kit's pretrain recipes use a 32,000-entry placeholder).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from gptoss import workspace
 from gptoss.arch import GPT_OSS_20B, GPT_OSS_120B, TINY, GptOssArch
-from gptoss.compat import import_bridge
-from gptoss.cpu import make_cpu_friendly
 from gptoss.tokenizer import hf_tokenizer_dir
+from kit import workspace
+from recipes.registry import Layout, recipe
 
-import_bridge()
+if TYPE_CHECKING:
+    from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetConfig
+    from megatron.bridge.training.config import ConfigContainer
 
-from megatron.bridge import AutoBridge  # noqa: E402
-from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetConfig  # noqa: E402
-from megatron.bridge.data.packing import PackedSequenceSpecs  # noqa: E402
-from megatron.bridge.peft.lora import LoRA  # noqa: E402
-from megatron.bridge.recipes.common import _peft_common, _pretrain_common, _sft_common  # noqa: E402
-from megatron.bridge.training.config import ConfigContainer  # noqa: E402
+# The continued-pretraining blend (datasets under $WORKSPACE/data): `python -m data_prep blend`
+# prints the same default.
+CODE_DATASET, REPLAY_DATASET, REPLAY_SHARE = "the-stack", "replay", 0.2
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Parallel layout: what the planner checks and what the SLURM scripts allocate."""
+def _bridge():
+    """megatron.bridge, importable on machines without Transformer Engine (megatron_cpu.compat)."""
+    from megatron_cpu.compat import import_bridge
 
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    cp: int = 1
-    vpp: int | None = None
-    etp: int = 1  # must stay 1 for gpt-oss (no GLU-aware expert split under ETP in the bridge)
-    sp: bool = False
+    import_bridge()
+    import megatron.bridge
+
+    return megatron.bridge
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,16 +48,15 @@ class Layout:
 
 
 def _model(arch: GptOssArch, layout: Layout, seq_length: int):
-    model = AutoBridge.from_hf_config(arch.hf_config()).to_megatron_provider(load_weights=False)
-    for name, value in arch.megatron_fields().items():
-        setattr(model, name, value)
+    import torch
+
+    AutoBridge = _bridge().AutoBridge
+    model = arch.apply_to_provider(AutoBridge.from_hf_config(arch.hf_config()).to_megatron_provider(load_weights=False))
     model.seq_length = seq_length
-    model.vocab_size = arch.vocab_size  # the real, unpadded 201,088: matches every gpt-oss checkpoint
     model.tensor_model_parallel_size = layout.tp
     model.pipeline_model_parallel_size = layout.pp
     model.virtual_pipeline_model_parallel_size = layout.vpp
     model.expert_model_parallel_size = layout.ep
-    model.expert_tensor_parallel_size = layout.etp
     model.context_parallel_size = layout.cp
     model.sequence_parallel = layout.sp and layout.tp > 1
     model.pipeline_dtype = torch.bfloat16
@@ -71,22 +68,13 @@ def _model(arch: GptOssArch, layout: Layout, seq_length: int):
     model.account_for_loss_in_pipeline_split = False
     model.moe_shared_expert_overlap = False
     model.moe_router_force_load_balancing = False
-    if arch is TINY:
-        make_cpu_friendly(model)  # fp32, local spec with CPU-safe classes; inert where CUDA exists
-    else:
-        model.transformer_impl = "transformer_engine"
-        model.moe_token_dispatcher_type = "alltoall"
-        model.moe_grouped_gemm = True
-        model.moe_permute_fusion = True
-        model.moe_router_fusion = False
-        model.cross_entropy_loss_fusion = True
-        model.cross_entropy_fusion_impl = "native"
-        model.moe_router_padding_for_fp8 = False
     return model
 
 
 def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: int, iters: int) -> ConfigContainer:
     """What every recipe shares: tokenizer, batch, output locations, optimizer precision."""
+    import torch
+
     cfg.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
     cfg.tokenizer.tokenizer_model = str(hf_tokenizer_dir())
     # The model's vocab_size (201,088) is the checkpoint's; never derive it from the tokenizer.
@@ -102,38 +90,21 @@ def _common(cfg: ConfigContainer, arch: GptOssArch, run: str, *, gbs: int, mbs: 
     for name in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
         setattr(cfg.optimizer, name, torch.float32)
     cfg.ddp.average_in_collective = False  # required with calculate_per_token_loss
-    if arch is TINY:
-        cfg.mixed_precision = None
-        cfg.optimizer.bf16 = False
-        cfg.optimizer.clip_grad = 1.0
-        cfg.ddp.use_distributed_optimizer = False
-        cfg.optimizer.use_distributed_optimizer = False
-        cfg.ddp.overlap_grad_reduce = False
-        cfg.ddp.overlap_param_gather = False
-        cfg.ddp.grad_reduce_in_fp32 = False
-        cfg.dist.distributed_backend = "gloo"
-        cfg.train.manual_gc = False
-        cfg.validation.eval_iters = 2
-        cfg.validation.eval_interval = max(iters, 1)
-        cfg.checkpoint.save_interval = max(iters, 1)
-        cfg.logger.log_interval = 1
-        if hasattr(cfg.dataset, "split"):
-            cfg.dataset.split = "90,5,5"  # a small corpus must still give every split documents
-    else:
-        cfg.ddp.use_distributed_optimizer = True
-        cfg.ddp.grad_reduce_in_fp32 = True
-        cfg.ddp.check_for_nan_in_grad = True
     return cfg
 
 
 def _sft_dataset(dataset: str, seq_length: int) -> GPTSFTDatasetConfig:
     """Packed harmony conversations prepared by `python -m data_prep sft` under data/<dataset>."""
+    _bridge()
+    from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetConfig
+    from megatron.bridge.data.packing import PackedSequenceSpecs
+
     specs = PackedSequenceSpecs(packed_sequence_size=seq_length)
-    packed = workspace.data_dir(dataset) / "packed"
+    packed = workspace.packed_sft_files(workspace.data_dir(dataset), seq_length)
     # The files data_prep writes; set after construction because the specs check that paths exist.
-    specs.packed_train_data_path = str(packed / f"training_{seq_length}.idx.parquet")
-    specs.packed_val_data_path = str(packed / f"validation_{seq_length}.idx.parquet")
-    specs.packed_metadata_path = packed / f"{seq_length}_metadata.jsonl"
+    specs.packed_train_data_path = str(packed["train"])
+    specs.packed_val_data_path = str(packed["validation"])
+    specs.packed_metadata_path = packed["metadata"]
     return GPTSFTDatasetConfig(
         seq_length=seq_length,
         dataset_root=str(workspace.data_dir(dataset)),
@@ -168,6 +139,9 @@ def pretrain_config(
     An MoE trained from scratch needs a balancing term or experts collapse: aux loss 1e-2 (the
     released config's 0.9 is for logging, the bridge imports it as "none").
     """
+    _bridge()
+    from megatron.bridge.recipes.common import _pretrain_common
+
     cfg = _pretrain_common()
     cfg.model = _model(arch, layout, seq_length)
     cfg.model.moe_router_load_balancing_type = "aux_loss"
@@ -176,7 +150,7 @@ def pretrain_config(
     data = data or [("pretrain", 1.0)]
     cfg.dataset.blend = ([str(workspace.data_prefix(d)) for d, _ in data], [w for _, w in data])
     cfg.dataset.split = "998,1,1"
-    cfg.dataset.num_workers = 2 if arch is TINY else 8
+    cfg.dataset.num_workers = 8
     cfg.scheduler.lr_warmup_iters = warmup
     cfg.optimizer.lr = max_lr
     cfg.optimizer.min_lr = min_lr
@@ -188,9 +162,9 @@ def cpt_config(
     layout: Layout,
     *,
     run: str,
-    code: str = "the-stack",
-    replay: str = "replay",
-    replay_share: float = 0.2,
+    code: str = CODE_DATASET,
+    replay: str = REPLAY_DATASET,
+    replay_share: float = REPLAY_SHARE,
     **kwargs,
 ) -> ConfigContainer:
     """Continued pretraining of the released weights on code with a replay share of general text.
@@ -223,6 +197,9 @@ def sft_config(
     warmup: int = 50,
 ) -> ConfigContainer:
     """Full-parameter SFT on packed harmony conversations, from a (continued-)pretrained checkpoint."""
+    _bridge()
+    from megatron.bridge.recipes.common import _sft_common
+
     cfg = _sft_common()
     cfg.model = _model(arch, layout, seq_length)
     # Keep routing close to the release: a tiny balancing term (other kits use ~1e-5 for SFT).
@@ -250,6 +227,10 @@ def lora_config(
     **kwargs,
 ) -> ConfigContainer:
     """LoRA on attention (qkv, proj) and on the experts (fc1, fc2); base weights frozen."""
+    _bridge()
+    from megatron.bridge.peft.lora import LoRA
+    from megatron.bridge.recipes.common import _peft_common
+
     cfg = sft_config(arch, layout, run=run, max_lr=max_lr, **kwargs)
     base = _peft_common().peft
     cfg.peft = LoRA(
@@ -275,6 +256,53 @@ def _model_name(arch: GptOssArch) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def for_gpu_cluster(cfg: ConfigContainer) -> ConfigContainer:
+    """The production recipes' kernels and precision: Transformer Engine layers, grouped-GEMM
+    experts with the all-to-all dispatcher, fused permute and cross entropy; the distributed
+    optimizer with fp32 gradient reduction, and a NaN check on gradients."""
+    m = cfg.model
+    m.transformer_impl = "transformer_engine"
+    m.moe_token_dispatcher_type = "alltoall"
+    m.moe_grouped_gemm = True
+    m.moe_permute_fusion = True
+    m.moe_router_fusion = False
+    m.cross_entropy_loss_fusion = True
+    m.cross_entropy_fusion_impl = "native"
+    m.moe_router_padding_for_fp8 = False
+    cfg.ddp.use_distributed_optimizer = True
+    cfg.ddp.grad_reduce_in_fp32 = True
+    cfg.ddp.check_for_nan_in_grad = True
+    return cfg
+
+
+def for_cpu(cfg: ConfigContainer) -> ConfigContainer:
+    """The tiny recipes: one CPU process in fp32 with Megatron's local layers made CPU-safe
+    (megatron_cpu.model.make_cpu_friendly, inert where CUDA exists), gloo, the plain optimizer, and a
+    validation, checkpoint and log line within a few steps."""
+    from megatron_cpu.model import make_cpu_friendly
+
+    make_cpu_friendly(cfg.model)
+    iters = cfg.train.train_iters
+    cfg.mixed_precision = None
+    cfg.optimizer.bf16 = False
+    cfg.optimizer.clip_grad = 1.0
+    cfg.ddp.use_distributed_optimizer = False
+    cfg.optimizer.use_distributed_optimizer = False
+    cfg.ddp.overlap_grad_reduce = False
+    cfg.ddp.overlap_param_gather = False
+    cfg.ddp.grad_reduce_in_fp32 = False
+    cfg.dist.distributed_backend = "gloo"
+    cfg.train.manual_gc = False
+    cfg.validation.eval_iters = 2
+    cfg.validation.eval_interval = max(iters, 1)
+    cfg.checkpoint.save_interval = max(iters, 1)
+    cfg.logger.log_interval = 1
+    if hasattr(cfg.dataset, "split"):
+        cfg.dataset.split = "90,5,5"  # a small corpus must still give every split documents
+        cfg.dataset.num_workers = 2
+    return cfg
+
+
 def with_fp8_current_scaling(cfg: ConfigContainer) -> ConfigContainer:
     """Hopper FP8 with current (per-tensor, just-in-time) scaling; router padded so the expert
     GEMMs see FP8-aligned token counts (needed for the experts' bias split)."""
@@ -284,59 +312,87 @@ def with_fp8_current_scaling(cfg: ConfigContainer) -> ConfigContainer:
 
 
 # ---------------------------------------------------------------------------------------------
-# The recipes
+# The recipes, each registered with its default layout and allocation (`python -m recipes list`
+# prints "<what>, <layout>"). Each GPU recipe also comes as <name>_fp8cs.
 # ---------------------------------------------------------------------------------------------
 
 
-def gpt_oss_20b_pretrain() -> ConfigContainer:
-    return pretrain_config(GPT_OSS_20B, Layout(tp=2, pp=4, ep=4, sp=True), run="gpt-oss-20b-pretrain")
+def gpu_recipe(layout: Layout, **kwargs):
+    """@recipe for the GPU recipes: also registers the <name>_fp8cs variant."""
+    return recipe(layout, variants={"fp8cs": (with_fp8_current_scaling, "FP8 current scaling")}, **kwargs)
 
 
-def gpt_oss_120b_pretrain() -> ConfigContainer:
-    return pretrain_config(GPT_OSS_120B, Layout(tp=2, pp=4, ep=16, sp=True), run="gpt-oss-120b-pretrain")
+
+@gpu_recipe(Layout(tp=2, pp=4, ep=4, sp=True), nodes=2, gpus_per_node=8, what="20b from scratch")
+def gpt_oss_20b_pretrain(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(pretrain_config(GPT_OSS_20B, layout, run="gpt-oss-20b-pretrain"))
 
 
-def gpt_oss_20b_cpt_code() -> ConfigContainer:
+@gpu_recipe(Layout(tp=2, pp=4, ep=16, sp=True), nodes=8, gpus_per_node=8, what="120b from scratch")
+def gpt_oss_120b_pretrain(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(pretrain_config(GPT_OSS_120B, layout, run="gpt-oss-120b-pretrain"))
+
+
+@gpu_recipe(Layout(tp=2, pp=4, ep=4, sp=True), nodes=2, gpus_per_node=8, what="20b continued pretraining on code (80%) + replay (20%)")
+def gpt_oss_20b_cpt_code(layout: Layout) -> ConfigContainer:
     """The motivating job: gpt-oss-20b continued on The Stack (80%) with 20% general-text replay."""
-    return cpt_config(GPT_OSS_20B, Layout(tp=2, pp=4, ep=4, sp=True), run="gpt-oss-20b-cpt-code", gbs=256)
+    return for_gpu_cluster(cpt_config(GPT_OSS_20B, layout, run="gpt-oss-20b-cpt-code", gbs=256))
 
 
-def gpt_oss_120b_cpt_code() -> ConfigContainer:
-    return cpt_config(GPT_OSS_120B, Layout(tp=2, pp=4, ep=16, sp=True), run="gpt-oss-120b-cpt-code", gbs=256)
+@gpu_recipe(Layout(tp=2, pp=4, ep=16, sp=True), nodes=8, gpus_per_node=8, what="120b continued pretraining on code (80%) + replay (20%)")
+def gpt_oss_120b_cpt_code(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(cpt_config(GPT_OSS_120B, layout, run="gpt-oss-120b-cpt-code", gbs=256))
 
 
-def gpt_oss_20b_sft() -> ConfigContainer:
-    return sft_config(GPT_OSS_20B, Layout(ep=8), run="gpt-oss-20b-sft")
+@gpu_recipe(Layout(ep=8), nodes=1, gpus_per_node=8, what="20b full SFT on packed harmony chats")
+def gpt_oss_20b_sft(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(sft_config(GPT_OSS_20B, layout, run="gpt-oss-20b-sft"))
 
 
-def gpt_oss_120b_sft() -> ConfigContainer:
-    return sft_config(GPT_OSS_120B, Layout(pp=4, ep=8), run="gpt-oss-120b-sft")
+@gpu_recipe(Layout(pp=4, ep=8), nodes=4, gpus_per_node=8, what="120b full SFT on packed harmony chats")
+def gpt_oss_120b_sft(layout: Layout) -> ConfigContainer:
+    cfg = for_gpu_cluster(sft_config(GPT_OSS_120B, layout, run="gpt-oss-120b-sft"))
+    # Megatron-Bridge's 120b verification card ran this layout on 32 H100 with bf16 gradient buffers.
+    # Under EP8 x PP4 each expert lives on one rank (expert DP = 32 / (4 x 8) = 1), so nothing shards
+    # the experts' 3.6B params/GPU of grads and optimizer state: fp32 grads would cost 13.4 GiB vs 6.7
+    # and push the plan to 83 GiB. The distributed optimizer stays on: it still shards the dense part.
+    cfg.ddp.grad_reduce_in_fp32 = False
+    return cfg
 
 
-def gpt_oss_20b_lora() -> ConfigContainer:
-    return lora_config(GPT_OSS_20B, Layout(), run="gpt-oss-20b-lora", gbs=32)
+@gpu_recipe(Layout(), nodes=1, gpus_per_node=1, what="20b LoRA (attention + experts)")
+def gpt_oss_20b_lora(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(lora_config(GPT_OSS_20B, layout, run="gpt-oss-20b-lora", gbs=32))
 
 
-def gpt_oss_120b_lora() -> ConfigContainer:
-    return lora_config(GPT_OSS_120B, Layout(ep=8), run="gpt-oss-120b-lora", gbs=32)
+@gpu_recipe(Layout(ep=8), nodes=1, gpus_per_node=8, what="120b LoRA (attention + experts)")
+def gpt_oss_120b_lora(layout: Layout) -> ConfigContainer:
+    return for_gpu_cluster(lora_config(GPT_OSS_120B, layout, run="gpt-oss-120b-lora", gbs=32))
 
 
 # The tiny family: the same four bases, on one CPU process, in seconds.
 _TINY = dict(seq_length=128, gbs=2, mbs=2, iters=20)
 _TINY_PACKED = {**_TINY, "mbs": 1}  # packed sequences need micro batch 1 (the bridge checks)
+_CPU = dict(nodes=1, gpus_per_node=1)
 
 
-def gpt_oss_tiny_pretrain() -> ConfigContainer:
-    return pretrain_config(TINY, Layout(), run="gpt-oss-tiny-pretrain", max_lr=3e-3, min_lr=3e-4, warmup=2, **_TINY)
+@recipe(Layout(), what="tiny gpt-oss from scratch (CPU)", **_CPU)
+def gpt_oss_tiny_pretrain(layout: Layout) -> ConfigContainer:
+    return for_cpu(pretrain_config(TINY, layout, run="gpt-oss-tiny-pretrain", max_lr=3e-3, min_lr=3e-4, warmup=2, **_TINY))
 
 
-def gpt_oss_tiny_cpt_code() -> ConfigContainer:
-    return cpt_config(TINY, Layout(), run="gpt-oss-tiny-cpt-code", max_lr=1e-3, min_lr=1e-4, warmup=2, **_TINY)
+@recipe(Layout(), what="tiny gpt-oss continued pretraining on code (CPU)", **_CPU)
+def gpt_oss_tiny_cpt_code(layout: Layout) -> ConfigContainer:
+    return for_cpu(cpt_config(TINY, layout, run="gpt-oss-tiny-cpt-code", max_lr=1e-3, min_lr=1e-4, warmup=2, **_TINY))
 
 
-def gpt_oss_tiny_sft() -> ConfigContainer:
-    return sft_config(TINY, Layout(), run="gpt-oss-tiny-sft", max_lr=1e-3, warmup=2, **_TINY_PACKED)
+@recipe(Layout(), what="tiny gpt-oss full SFT (CPU)", **_CPU)
+def gpt_oss_tiny_sft(layout: Layout) -> ConfigContainer:
+    return for_cpu(sft_config(TINY, layout, run="gpt-oss-tiny-sft", max_lr=1e-3, warmup=2, **_TINY_PACKED))
 
 
-def gpt_oss_tiny_lora() -> ConfigContainer:
-    return lora_config(TINY, Layout(), run="gpt-oss-tiny-lora", rank=8, alpha=16, max_lr=1e-3, warmup=2, **_TINY_PACKED)
+@recipe(Layout(), what="tiny gpt-oss LoRA (CPU)", **_CPU)
+def gpt_oss_tiny_lora(layout: Layout) -> ConfigContainer:
+    return for_cpu(
+        lora_config(TINY, layout, run="gpt-oss-tiny-lora", rank=8, alpha=16, max_lr=1e-3, warmup=2, **_TINY_PACKED)
+    )

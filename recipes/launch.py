@@ -38,7 +38,10 @@ from typing import Any
 KIT_DIR = Path(__file__).resolve().parents[1]
 DEFAULTS_ENV = KIT_DIR / "slurm" / "defaults.env"
 # Each task's environment, as slurm/lib.sh's kit_launch sets it (the tests check it is the same text)
-TASK_ENV = 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"'
+TASK_ENV = (
+    'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; '
+    'if [ "$RANK" = 0 ]; then python -m kit.versions --check || exit $?; fi; exec "$@"'
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,8 +77,10 @@ def default_container_image() -> str:
 
 
 def workspace() -> str:
-    """$WORKSPACE, defaulting as slurm/lib.sh does."""
-    return os.path.abspath(os.environ.get("WORKSPACE") or KIT_DIR / "workspace")
+    """$WORKSPACE, with the one default (kit.workspace.DEFAULT_ROOT, as slurm/lib.sh has it)."""
+    from kit.workspace import root
+
+    return str(root())
 
 
 def kit_env(ws: str, gpus_per_node: int) -> dict[str, str]:
@@ -94,12 +99,15 @@ def kit_env(ws: str, gpus_per_node: int) -> dict[str, str]:
     return {k: v for k, v in after.items() if k not in bash_own and env.get(k) != v} | {"WORKSPACE": ws}
 
 
-def check_layout(recipe: str, overrides: list[str], nodes: int, gpus_per_node: int) -> int:
-    """`python -m recipes plan` itself (its report on stderr here): 0, or 3 when the layout does not fit."""
-    from recipes.__main__ import main as recipes_cli
+def plan_exit_code(recipe: str, overrides: list[str], nodes: int, gpus_per_node: int) -> int:
+    """The planner on this allocation, its report on stderr: 0, or 3 when the layout does not fit."""
+    import recipes
+    from recipes.planner import plan
 
     with contextlib.redirect_stdout(sys.stderr):
-        return recipes_cli(["plan", recipe, *overrides, "--nodes", str(nodes), "--gpus-per-node", str(gpus_per_node)])
+        p = plan(recipes.build(recipe, overrides), recipe=recipe, nodes=nodes, gpus_per_node=gpus_per_node)
+    print(p.render(), file=sys.stderr)
+    return 0 if p.ok else 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +221,11 @@ def launch(args: argparse.Namespace) -> int:
     if args.executor == "local" and nodes != 1:
         print(f"error: the local executor runs on this machine: --nodes 1, not {nodes}", file=sys.stderr)
         return 2
-    rc = check_layout(args.recipe, args.overrides, nodes, gpus)
+    try:
+        rc = plan_exit_code(args.recipe, args.overrides, nodes, gpus)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     if rc != 0:
         print(
             f"error: recipe {args.recipe} does not fit {nodes}x{gpus} GPUs (planner exit {rc}); nothing was submitted",

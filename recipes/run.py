@@ -3,7 +3,7 @@
 Builds the recipe, applies overrides, checks data and layout before anything heavy starts (the
 planner, the dataset files and their tokenizer), then hands the config to megatron-bridge's own
 `pretrain` or `finetune` with the GPT forward step. On a machine without a GPU the same call runs
-inside `gptoss.cpu_training.cpu_training()` (inert when CUDA is present).
+inside `megatron_cpu.training.cpu_training()` (inert when CUDA is present).
 
 Around the bridge's loop it adds only what a long run needs:
 - a checkpoint on SIGUSR1 (SLURM's pre-emption warning) and SIGTERM, then exit code 75 so the
@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from kit.dist import is_rank0
+from kit.fs import atomic_file, write_text_atomic
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad recipe, override, data or tokenizer
@@ -101,14 +104,14 @@ def _check_packs(cfg: Any, specs: Any) -> None:
 
 def _check_split(cfg: Any, prefix: str) -> None:
     """Megatron loops forever building the indices of a split that received no document: refuse."""
-    import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from inference.loss import SPLIT_NAMES, document_range  # megatron-core's own split arithmetic
 
     docs = len(IndexedDataset(prefix, mmap=True).document_indices) - 1
     weights = [float(w) for w in str(cfg.dataset.split).replace("/", ",").split(",")]
-    bounds = np.round(np.cumsum([0.0, *weights]) / sum(weights) * docs).astype(int)
-    names = ("train", "validation", "test")
-    for name, w, lo, hi in zip(names, weights, bounds[:-1], bounds[1:]):
+    for name, w in zip(SPLIT_NAMES, weights):
+        lo, hi = document_range(docs, str(cfg.dataset.split), name)
         if w > 0 and hi - lo == 0:
             raise RunError(
                 f"dataset.split={cfg.dataset.split} gives the {name} split 0 of the {docs} documents in {prefix}: "
@@ -118,7 +121,9 @@ def _check_split(cfg: Any, prefix: str) -> None:
 
 def check_pretrained(cfg: Any) -> None:
     path = cfg.checkpoint.pretrained_checkpoint
-    resuming = cfg.checkpoint.load and (Path(cfg.checkpoint.load) / "latest_checkpointed_iteration.txt").exists()
+    from conversion.megatron_dir import has_checkpoint
+
+    resuming = cfg.checkpoint.load and has_checkpoint(cfg.checkpoint.load)
     if path and not resuming and not Path(path).exists():
         raise RunError(
             f"pretrained checkpoint {path} does not exist: import the HF weights with "
@@ -131,7 +136,21 @@ def check_pretrained(cfg: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _metrics_callback(path: Path, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
+def mfu_peak() -> tuple[str, float] | None:
+    """(GPU name, dense bf16 peak FLOP/s) of the GPU this process trains on, from the planner's
+    table; None without a GPU or for one the table does not know (no MFU rather than a wrong one)."""
+    from megatron_cpu.training import cuda_available
+    from recipes.planner import GPUS, gpu_from_device_name
+
+    if not cuda_available():
+        return None
+    import torch
+
+    key = gpu_from_device_name(torch.cuda.get_device_name())
+    return (GPUS[key].name, GPUS[key].bf16_tflops * 1e12) if key else None
+
+
+def _metrics_callback(path: Path, tokens_per_step: int, flops_per_token: float, peak: tuple[str, float] | None):
     from megatron.bridge.training.callbacks import Callback
 
     class MetricsLog(Callback):
@@ -162,15 +181,16 @@ def _metrics_callback(path: Path, tokens_per_step: int, flops_per_token: float, 
                 "step_time_s": dt,
                 "tokens_per_s": tps,
                 "tokens_per_s_per_gpu": tps / world if tps else None,
-                "mfu": (tps / world * flops_per_token / peak_flops) if (tps and peak_flops) else None,
+                "mfu": (tps / world * flops_per_token / peak[1]) if (tps and peak) else None,
+                "mfu_peak": None if peak is None else {"gpu": peak[0], "bf16_tflops": peak[1] / 1e12},
                 "memory_gib": torch.cuda.max_memory_allocated() / 2**30,
             }
-            if int(os.environ.get("RANK", "0")) == 0:
+            if is_rank0():
                 with path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
 
         def on_train_end(self, context) -> None:
-            if int(os.environ.get("RANK", "0")) == 0:
+            if is_rank0():
                 plot_metrics(path)
 
     return MetricsLog()
@@ -200,10 +220,9 @@ def plot_metrics(path: Path) -> Path | None:
     ax2.set_ylabel("learning rate", color="tab:orange")
     fig.tight_layout()
     out = path.with_suffix(".png")
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -212,14 +231,33 @@ def plot_metrics(path: Path) -> Path | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def wandb_run_id(checkpoint_dir: str | os.PathLike) -> str:
+    """One training run = one W&B run, however often it is requeued: the id is derived from the run's
+    checkpoint directory (what a resume reads), as <dir name>-<12 hex of sha256 of its absolute path>
+    (W&B ids: letters, digits, - and _; at most 64 characters)."""
+    import hashlib
+    import re
+
+    path = Path(checkpoint_dir).absolute()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', path.name)[:48]}-{digest}"
+
+
 def _configure_wandb(cfg: Any, results: Path) -> None:
     if not getattr(cfg.logger, "wandb_project", None):
         return
     if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "online":
         os.environ["WANDB_MODE"] = "offline"
     cfg.logger.wandb_save_dir = cfg.logger.wandb_save_dir or str(results / "wandb")
+    if not cfg.logger.wandb_exp_name:
+        cfg.logger.wandb_exp_name = results.name
+    # The bridge calls wandb.init() without an id; wandb reads these (a user's own WANDB_RUN_ID wins).
+    run_id = os.environ.setdefault("WANDB_RUN_ID", wandb_run_id(cfg.checkpoint.save or results))
+    os.environ.setdefault("WANDB_RESUME", "allow")
+    if is_rank0():
+        write_text_atomic(results / "wandb_run_id", run_id + "\n")
     if os.environ.get("WANDB_MODE") == "offline":
-        print(f"W&B offline: sync later with `wandb sync {cfg.logger.wandb_save_dir}/wandb/offline-run-*`")
+        print(f"W&B offline, run id {run_id}: sync later with `wandb sync {cfg.logger.wandb_save_dir}/wandb/offline-run-*-{run_id}`")
 
 
 def _forward_signal_to_usr1(signum, frame) -> None:
@@ -240,8 +278,9 @@ def prepare(recipe: str, overrides: list[str]) -> Any:
 
 def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
     """Plan against this launch's allocation, then run megatron-bridge's loop. Returns the exit code."""
-    from gptoss import workspace
-    from recipes.planner import GPUS, arch_of, plan
+    from gptoss.arch import GptOssArch
+    from kit import workspace
+    from recipes.planner import plan
 
     nodes, gpus = allocation()
     p = plan(cfg, recipe=recipe, nodes=nodes, gpus_per_node=gpus)
@@ -256,20 +295,17 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
     cfg.train.exit_signal = signal.SIGUSR1
     signal.signal(signal.SIGTERM, _forward_signal_to_usr1)
 
-    import torch
-
     seq = cfg.dataset.seq_length
-    peak = GPUS["h100"].bf16_tflops * 1e12 if torch.cuda.is_available() else None
     metrics = results / "metrics.jsonl"
     callback = _metrics_callback(
-        metrics, cfg.train.global_batch_size * seq, arch_of(cfg.model).train_flops_per_token(seq), peak
+        metrics, cfg.train.global_batch_size * seq, GptOssArch.from_provider(cfg.model).train_flops_per_token(seq), mfu_peak()
     )
 
     from megatron.bridge.training.finetune import finetune
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    from gptoss.cpu_training import cpu_training
+    from megatron_cpu.training import cpu_training
 
     # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA
     entry = finetune if cfg.checkpoint.pretrained_checkpoint else pretrain
@@ -279,12 +315,13 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
         except SystemExit as stop:  # the bridge exits by itself at train.exit_interval/duration
             if stop.code not in (0, None):
                 raise
-    if cfg.checkpoint.save and cfg.peft is None and int(os.environ.get("RANK", "0")) == 0:
+    if cfg.checkpoint.save and cfg.peft is None and is_rank0():
         # the run's checkpoints become exportable with `python -m conversion export --megatron <dir>`
+        from conversion.megatron_dir import has_checkpoint
         from conversion.megatron_io import write_training_sidecar
 
-        if Path(cfg.checkpoint.save, "latest_checkpointed_iteration.txt").exists():
-            write_training_sidecar(cfg.checkpoint.save, arch_of(cfg.model), source=f"recipe {recipe}")
+        if has_checkpoint(cfg.checkpoint.save):
+            write_training_sidecar(cfg.checkpoint.save, GptOssArch.from_provider(cfg.model), source=f"recipe {recipe}")
     done = _last_step(metrics)
     if done is not None and done < cfg.train.train_iters:
         print(f"stopped at step {done} of {cfg.train.train_iters}; checkpoint saved: rerun the same command to resume")

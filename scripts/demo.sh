@@ -2,13 +2,18 @@
 # `make demo`: the user's path end to end on the tiny gpt-oss, on CPU, in minutes.
 #   random HF checkpoint -> data prep (code + replay, chat for SFT) -> import to Megatron ->
 #   continued pretraining on code -> SFT on harmony chats -> export (bf16 and MXFP4) -> round-trip
-#   validation -> generation and a HumanEval-style evaluation -> plan the real 20b job. Everything lands under $WORKSPACE (default ./workspace/demo), see WORKSPACE.md.
+#   validation -> generation and a HumanEval-style evaluation -> plan the real 20b job.
+# Everything lands in a directory of its own, $WORKSPACE/demo (WORKSPACE as in WORKSPACE.md, default
+# ./workspace), marked as the demo's: a rerun replaces only that directory, and refuses to touch one
+# that holds anything the demo did not make. DEMO_UNTIL=STAGE stops after that stage (a quick check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-export WORKSPACE=${WORKSPACE:-$PWD/workspace/demo}
-export TORCHDYNAMO_DISABLE=1 PYTHONUNBUFFERED=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29571}
-W=$WORKSPACE
+W=${WORKSPACE:-$PWD/workspace}/demo
+export WORKSPACE=$W  # the demo's models, data, checkpoints and results all go under its own directory
+export PYTHONUNBUFFERED=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29571}
+MARK=.made-by-kit-demo
+MADE=(raw models data checkpoints results logs cache "$MARK")  # the only entries the demo creates in $W
 T0=$SECONDS
 
 stage() {  # stage NAME COMMAND...: run a stage, print what it did and how long it took
@@ -24,11 +29,39 @@ stage() {  # stage NAME COMMAND...: run a stage, print what it did and how long 
     tail -n 30 "$log"
     exit 1
   fi
+  if [ "${DEMO_UNTIL:-}" = "$name" ]; then
+    echo "stopped after stage $name (DEMO_UNTIL)"
+    exit 0
+  fi
 }
 
-echo "gpt-oss kit demo: workspace $W"
-rm -rf "$W"
+# Claim $W: new, empty, or the demo's own from an earlier run (the mark, and nothing beside what the
+# demo makes). Anything else is the user's: stop and delete nothing.
+if [ -e "$W" ] || [ -L "$W" ]; then
+  if [ ! -d "$W" ] || [ -L "$W" ]; then
+    echo "error: $W exists and is not a directory the demo made; set WORKSPACE to another place" >&2
+    exit 2
+  fi
+  if [ -n "$(ls -A "$W")" ]; then
+    if [ ! -f "$W/$MARK" ]; then
+      echo "error: $W holds files the demo did not make (no $MARK): move them away or set WORKSPACE to another place; nothing was deleted" >&2
+      exit 2
+    fi
+    for entry in "$W"/* "$W"/.[!.]*; do
+      [ -e "$entry" ] || continue
+      name=$(basename "$entry")
+      case " ${MADE[*]} " in *" $name "*) ;; *)
+        echo "error: $W/$name was not made by the demo: move it away or set WORKSPACE to another place; nothing was deleted" >&2
+        exit 2 ;;
+      esac
+    done
+    for name in "${MADE[@]}"; do rm -rf "${W:?}/$name"; done
+  fi
+fi
 mkdir -p "$W/raw"
+echo "made by scripts/demo.sh (make demo); the demo replaces this directory on its next run" >"$W/$MARK"
+
+echo "gpt-oss kit demo: workspace $W"
 
 # The embedded corpus: the kit's own Python sources (written for it) as code, its Markdown docs as
 # general-text replay, and a few chat conversations made from the same sources for SFT.
@@ -55,7 +88,8 @@ print(f"{len(py)} code files")
 PY
 
 stage random-checkpoint "$PY" -m conversion random --size tiny --out "$W/models/gpt-oss-tiny/hf"
-stage data-code "$PY" -m data_prep pretrain "$W/raw/code.jsonl" -o "$W/data/the-stack" -j 2
+# as the README's continued-pretraining path: HumanEval removed, secrets redacted
+stage data-code "$PY" -m data_prep pretrain "$W/raw/code.jsonl" -o "$W/data/the-stack" -j 2 --decontaminate humaneval --redact-pii
 stage data-replay "$PY" -m data_prep pretrain "$W/raw/replay.jsonl" -o "$W/data/replay" --preset text --text-key text
 stage data-sft "$PY" -m data_prep sft "$W/raw/chat.jsonl" -o "$W/data/sft" --seq-length 128 --val-fraction 0.25
 stage import "$PY" -m conversion import --hf "$W/models/gpt-oss-tiny/hf" --out "$W/models/gpt-oss-tiny/megatron"

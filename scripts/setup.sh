@@ -6,9 +6,8 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-TORCH_VERSION=2.13.0
-MCORE_VERSION=0.19.2
-BRIDGE_VERSION=0.6.2
+# TORCH_VERSION, MEGATRON_CORE_VERSION, MEGATRON_BRIDGE_VERSION: pinned in kit/versions.py
+eval "$("$PY" kit/versions.py --shell)"
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
@@ -16,8 +15,8 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # 1. torch first, the CPU build (pip takes the wheel that lies on this machine's disk).
 "${PIP[@]}" "torch==${TORCH_VERSION}"
 # 2. The Megatron wheels without their dependency lists: they declare Python >= 3.12 and would
-#    pull a CUDA torch and ~20 CUDA wheels. gptoss/compat.py covers the one 3.12-only name.
-"${PIP[@]}" --no-deps --ignore-requires-python "megatron-core==${MCORE_VERSION}" "megatron-bridge==${BRIDGE_VERSION}"
+#    pull a CUDA torch and ~20 CUDA wheels. megatron_cpu/compat.py covers the one 3.12-only name.
+"${PIP[@]}" --no-deps --ignore-requires-python "megatron-core==${MEGATRON_CORE_VERSION}" "megatron-bridge==${MEGATRON_BRIDGE_VERSION}"
 # 3. Everything else at exact versions, with no resolution.
 "${PIP[@]}" --no-deps -r requirements/lock.txt
 # 4. The kit itself (editable), so `python -m recipes` works from anywhere in the checkout.

@@ -11,4 +11,4 @@
 source "${KIT_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/lib.sh"
 kit_init
 kit_container_args
-kit_launch python -m gptoss.rendezvous
+kit_launch python -m kit.rendezvous

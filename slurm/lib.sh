@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shared library of the SLURM job scripts: sourced, never run. Every job script is
-#   source lib.sh; kit_init; kit_plan RECIPE "$@"; kit_launch python -m recipes run RECIPE "$@"
-# so all jobs resolve paths, check their layout, launch and handle pre-emption the same way.
+# Shared library of the SLURM job scripts: sourced, never run. A training script is
+#   source lib.sh; kit_train RECIPE "$@"   (kit_init, kit_container_args, kit_plan, kit_launch)
+# and a tool job (conversion, data prep, generation) is `source lib.sh; kit_tool MODULE "$@"`, so all
+# jobs resolve paths, check their layout and versions, launch and handle pre-emption the same way.
 # shellcheck shell=bash
 
 kit_init() {
@@ -18,7 +19,7 @@ kit_init() {
   CONTAINER_IMAGE=${CONTAINER_IMAGE:-$DEFAULT_CONTAINER_IMAGE}
   KIT_VENV=${KIT_VENV:-$KIT_DIR/$DEFAULT_VENV}
   export KIT_DIR CONTAINER_IMAGE KIT_VENV
-  export WORKSPACE=${WORKSPACE:-$KIT_DIR/workspace}
+  export WORKSPACE=${WORKSPACE:-$KIT_DIR/workspace}  # kit/workspace.py's DEFAULT_ROOT
   JOB_LOG_DIR="$WORKSPACE/logs/${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID:-local}"
   mkdir -p "$JOB_LOG_DIR" "$WORKSPACE/cache"
   export JOB_LOG_DIR
@@ -88,7 +89,9 @@ kit_launch() {
   kit_rendezvous
   local step_pid rc=0 preempted=0
   # shellcheck disable=SC2016  # expanded by each task's shell, not here
-  local env_cmd='export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"'
+  # Task 0 first prints the versions it runs with into its log and stops the job when megatron.bridge
+  # is older than the kit's (kit/versions.py); srun --kill-on-bad-exit then ends the other tasks.
+  local env_cmd='export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; if [ "$RANK" = 0 ]; then python -m kit.versions --check || exit $?; fi; exec "$@"'
   local prefix=()
   if [ "$CONTAINER_IMAGE" = none ]; then
     prefix=(bash -c "source '$KIT_VENV/bin/activate'; $env_cmd" kit)

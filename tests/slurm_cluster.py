@@ -1,7 +1,7 @@
 """A real one-machine SLURM cluster for tests: munged + slurmctld + one slurmd per node.
 
-Debian's own packages (slurmctld, slurmd, slurm-client, munge; installed by `ensure_installed`
-when missing and we are root). Two nodes on 127.0.0.1 with distinct ports, each with fake GPUs
+Debian's own packages (slurmctld, slurmd, slurm-client, munge; installed by
+scripts/setup_test_tools.sh, which `make test` runs). Two nodes on 127.0.0.1 with distinct ports, each with fake GPUs
 (character devices aliasing /dev/null) so that --gpus-per-node is accepted and CUDA_VISIBLE_DEVICES
 is set per job, as on a real GPU cluster. No systemd, no cgroups, no accounting: see
 ../shared/notes/local-slurm.md for why each config key is there.
@@ -16,7 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 _LAUNCHER_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"}
 
 
@@ -25,18 +24,9 @@ class SlurmUnavailable(RuntimeError):
 
 
 def ensure_installed() -> None:
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("SLURM is not installed and installing it needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(b)]
+    if missing:
+        raise SlurmUnavailable(f"{', '.join(missing)} not installed: run `bash scripts/setup_test_tools.sh` as root")
 
 
 def _free_port() -> int:

@@ -118,7 +118,7 @@ def _megatron_count(recipe: str) -> int:
 def model_parallel():
     import torch.distributed as dist
 
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
     from megatron.core import parallel_state

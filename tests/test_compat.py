@@ -1,4 +1,4 @@
-"""gptoss.compat: megatron.bridge imports here without Transformer Engine, and leaves no trace."""
+"""megatron_cpu.compat: megatron.bridge imports here without Transformer Engine, and leaves no trace."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def test_bridge_imports_without_te_and_leaves_no_placeholder():
     code = (
         "import sys, typing\n"
-        "from gptoss.compat import import_bridge, te_available\n"
+        "from megatron_cpu.compat import import_bridge, te_available\n"
         "import_bridge()\n"
         "import megatron.bridge.training.pretrain, megatron.bridge.peft.lora_layers as ll\n"
         "import megatron.bridge.peft.utils as pu, megatron.bridge.peft.module_matcher as mm\n"

@@ -1,4 +1,4 @@
-"""gptoss.cpu: the tiny gpt-oss Megatron model builds, runs forward and backward, and trains on CPU."""
+"""megatron_cpu.model: the tiny gpt-oss Megatron model builds, runs forward and backward, and trains on CPU."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from gptoss.arch import TINY
 
 @pytest.fixture(scope="module")
 def cpu():
-    from gptoss import cpu
+    from megatron_cpu import model as cpu
 
-    cpu.init_parallel()
+    cpu.init_process_groups()
     yield cpu
     cpu.destroy_parallel()
 
 
 def _provider(seq_length: int = 32):
+    from megatron_cpu.compat import import_bridge
+
+    import_bridge()  # what the kit's entry points do first
     from megatron.bridge import AutoBridge
 
     provider = AutoBridge.from_hf_config(TINY.hf_config()).to_megatron_provider(load_weights=False)
@@ -50,7 +53,9 @@ def test_inert_with_cuda(cpu, monkeypatch):
     assert (provider.transformer_layer_spec, provider.params_dtype, provider.moe_token_dispatcher_type) == before
     # The default spec needs Transformer Engine, absent here: check the delegation itself.
     sentinel = object()
-    monkeypatch.setattr(cpu, "default_layer_spec", lambda config: sentinel)
+    import megatron.bridge.models.gpt_provider as gpt_provider
+
+    monkeypatch.setattr(gpt_provider, "default_layer_spec", lambda config: sentinel)
     assert cpu.cpu_layer_spec(provider) is sentinel
     original = torch.cuda.current_device
     with cpu.on_cpu():
@@ -58,7 +63,7 @@ def test_inert_with_cuda(cpu, monkeypatch):
 
 
 def test_everything_on_cpu_and_the_classes_are_used(cpu):
-    model = cpu.build_model_cpu(_provider())
+    model = cpu.build_model(_provider())
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert sum(p.numel() for p in model.parameters()) == TINY.total_params()
     layer = model.decoder.layers[0]
@@ -73,7 +78,7 @@ def test_everything_on_cpu_and_the_classes_are_used(cpu):
 
 def test_forward_backward_finite_and_every_parameter_gets_a_gradient(cpu):
     torch.manual_seed(0)
-    model = cpu.build_model_cpu(_provider())
+    model = cpu.build_model(_provider())
     ids, pos, labels = _batch()
     logits = model(ids, pos, None)
     assert logits.shape == (2, 24, TINY.vocab_size) and torch.isfinite(logits).all()
@@ -91,7 +96,7 @@ def test_forward_backward_finite_and_every_parameter_gets_a_gradient(cpu):
 
 def test_loss_decreases_with_sgd_on_a_fixed_batch(cpu):
     torch.manual_seed(0)
-    model = cpu.build_model_cpu(_provider())
+    model = cpu.build_model(_provider())
     ids, pos, labels = _batch()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []

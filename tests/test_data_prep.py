@@ -18,8 +18,8 @@ import zstandard
 
 from data_prep import blend, pretrain
 from data_prep.filters import Filter, FilterConfig, language
-from gptoss.compat import import_bridge
 from gptoss.tokenizer import EOD_ID, encoding, fingerprint
+from megatron_cpu.compat import import_bridge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -292,20 +292,24 @@ def test_deterministic_across_worker_counts(built, corpus, tmp_path):
 
 
 def test_resume_after_kill_is_byte_identical(built, corpus, tmp_path):
-    """Kill (os._exit from the CLI, workers terminated mid-write) during scan, then during
-    tokenize; each rerun continues and the end result equals the uninterrupted run."""
+    """Kill (os._exit from the CLI, workers terminated mid-write) twice while units are processed,
+    then after the output was merged but before the manifest; each rerun continues and the end
+    result equals the uninterrupted run."""
     out_ref, _ = built
     inputs, _, _ = corpus
     out = tmp_path / "the-stack"
     cmd = [sys.executable, "-m", "data_prep", "pretrain", *inputs, "-o", str(out), "-j", "2", "--no-progress"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for abort_after in ("scan:3", "tokenize:3"):  # of 7 units (2 parquet row groups, 5 JSONL files)
+    # of 7 units (2 parquet row groups, 5 JSONL files), then after the output was written but not
+    # the manifest
+    for abort_after in ("process:3", "process:2", "merge:1"):
         r = subprocess.run(cmd, cwd=REPO, env={**env, pretrain.ABORT_ENV: abort_after}, capture_output=True, text=True)
         assert r.returncode == 75, r.stderr[-2000:]
-        assert not (out / "manifest.json").exists() and not (out / "text_document.bin").exists()
+        assert not (out / "manifest.json").exists()
+        assert (out / "text_document.bin").exists() == (abort_after == "merge:1")
         assert (out / ".work" / "plan.json").exists()
-        phase_dir = {"scan:3": "scan", "tokenize:3": "tok"}[abort_after]
-        assert len(list((out / ".work" / phase_dir).glob("u*.json"))) >= 3
+        done = len(list((out / ".work" / "units").glob("u*.json")))
+        assert done >= {"process:3": 3, "process:2": 5, "merge:1": 7}[abort_after]  # a second worker may finish one more
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming" in r.stderr
@@ -366,3 +370,41 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         pretrain.run(pretrain.PretrainConfig(inputs=[str(tmp_path / "x.csv")], output=tmp_path / "o"))
     with pytest.raises(ValueError, match="NAME=WEIGHT"):
         blend.parse_items(["the-stack"])
+
+
+def test_mixed_inputs_take_the_first_text_key_present(tmp_path):
+    """Stack parquet (`content`) and JSONL (`text`) in one run: `--text-key content,text` keeps every
+    row, and the manifest says per input file how many rows each key served."""
+    src = tmp_path / "in"
+    src.mkdir()
+    stack = [_code(i) for i in range(3)]
+    # one parquet row has no content but a text cell: the second key serves it
+    table = pa.Table.from_pylist(
+        [{"content": t, "text": None, "lang": "Python"} for t in stack]
+        + [{"content": None, "text": _code(9), "lang": "Python"}]
+    )
+    pq.write_table(table, src / "a.parquet")
+    prose = [f"Paragraph {i}: " + "words and more words. " * 8 for i in range(4)]
+    with open(src / "b.jsonl", "w") as f:
+        for t in prose:
+            f.write(json.dumps({"text": t}) + "\n")
+        f.write(json.dumps({"content": "def both(): return 1\n", "text": "the first key wins"}) + "\n")
+        f.write(json.dumps({"title": "neither key"}) + "\n")
+    cfg = pretrain.PretrainConfig(
+        inputs=[str(src)], output=tmp_path / "out", text_key="content,text", filters=FilterConfig.preset("text"),
+        progress=False,
+    )
+    m = pretrain.run(cfg, log=lambda s: None)
+    enc = encoding()
+    expected = [*stack, _code(9), *prose, "def both(): return 1\n"]
+    assert _read_docs(tmp_path / "out" / "text_document") == [enc.encode_ordinary(t) + [EOD_ID] for t in expected]
+    by_file = {Path(i["path"]).name: i["text_keys"] for i in m["inputs"]}
+    assert by_file == {"a.parquet": {"content": 3, "text": 1}, "b.jsonl": {"content": 1, "text": 4}}
+    assert m["dropped"]["missing_column"]["examples"] == [f"{src}/b.jsonl:6"]
+
+    # one key only: the JSONL rows without it are dropped as missing_column
+    cfg.text_key, cfg.output = "content", tmp_path / "out1"
+    m1 = pretrain.run(cfg, log=lambda s: None)
+    assert m1["dropped"]["missing_column"]["docs"] == 1 + 4 + 1
+    with pytest.raises(ValueError, match="--text-key"):
+        pretrain.run(pretrain.PretrainConfig(inputs=[str(src)], output=tmp_path / "o2", text_key=" , "))

@@ -170,7 +170,7 @@ def test_sft_manifest_and_packing_efficiency(packed):
 
 def test_bridge_packed_dataset_reads_it(packed):
     """Megatron-Bridge's own loader and collate: the trained labels are exactly the assistant output."""
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
     from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetBuilder, GPTSFTDatasetConfig

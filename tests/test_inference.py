@@ -268,7 +268,6 @@ def lora_run(ws):
         "WORKSPACE": str(ws),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": _free_port(),
-        "TORCHDYNAMO_DISABLE": "1",
     }
     out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -325,7 +324,7 @@ def test_cli_generate(ws, hf, prompts, tmp_path, capsys):
     assert main(["generate", str(ws / "models/gpt-oss-tiny/hf"), "--prompt", "x", "--tp", "2"]) == 2
     assert "--tp/--pp/--ep apply to Megatron checkpoints only" in capsys.readouterr().err
     assert main(["generate", str(ws / "models/gpt-oss-tiny/megatron"), "--prompt", "x", "--ep", "3"]) == 2
-    assert "EP=3 must divide 4 experts" in capsys.readouterr().err
+    assert "experts 4 not divisible by EP=3" in capsys.readouterr().err
     assert main(["generate", str(ws / "models/gpt-oss-tiny/megatron"), "--prompt", "x", "--tp", "2"]) == 2
     # check_layout says it where torch.distributed is up (as in this test process), the backend otherwise
     assert re.search(r"multiple of (TP\*PP\*EP=2|2 processes)", capsys.readouterr().err)
@@ -338,7 +337,7 @@ def test_model_parallel_under_torchrun_gives_the_same_tokens(ws, hf, prompts, tm
     TP 1). Either way the greedy tokens equal the single-process HF export's."""
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": encoding().decode(prompts[0])}) + "\n")
     out = tmp_path / "pp.jsonl"
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port(),
            "-m", "inference", "generate", str(ws / "models/gpt-oss-tiny/megatron"), *layout,
            "--prompts-file", str(tmp_path / "p.jsonl"), "--max-new-tokens", str(NEW_TOKENS), "--out", str(out)]  # fmt: skip

@@ -191,7 +191,6 @@ def test_local_executor_trains_the_tiny_recipe(tmp_path):
         "NEMORUN_HOME": str(tmp_path / "nemorun"),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": _port(),  # torchrun on one node picks its own free port; this one is for safety
-        "TORCHDYNAMO_DISABLE": "1",
     }
     cmd = [
         sys.executable,

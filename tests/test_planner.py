@@ -277,3 +277,41 @@ def test_packed_sequences_need_micro_batch_one():
     failing = _plan(["train.micro_batch_size=2"], 1, 8, recipe="gpt_oss_20b_sft")
     assert any("micro batch 2 with packed sequences" in v for v in failing.violations), failing.violations
     assert _plan([], 1, 8, recipe="gpt_oss_20b_sft").ok
+
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_every_shipped_recipe_fits_its_default_allocation(name):
+    """`sbatch slurm/<recipe>.sh` with no flags must not be refused by its own planner."""
+    r = recipes.get(name)
+    p = plan(recipes.build(name, []), recipe=name, nodes=r.nodes, gpus_per_node=r.gpus_per_node)
+    assert p.ok, f"{name} at {r.nodes}x{r.gpus_per_node}: {p.violations}"
+
+
+def test_bf16_gradient_buffers_halve_the_gradient_memory():
+    fp32 = _plan(["ddp.grad_reduce_in_fp32=True"])
+    bf16 = _plan(["ddp.grad_reduce_in_fp32=False"])
+    assert fp32.memory_gib["gradients (fp32 main grads)"] == pytest.approx(2 * bf16.memory_gib["gradients (bf16 main grads)"])
+
+
+@pytest.mark.parametrize(
+    "device, key",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H100 NVL", "h100-nvl"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA A100-SXM4-40GB", None),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA L40S", None),
+        ("Tesla V100-SXM2-32GB", None),
+    ],
+)
+def test_mfu_uses_the_peak_of_the_gpu_present(device, key):
+    """metrics.jsonl's MFU divides by the peak of torch's device name; an unknown GPU gets none."""
+    from recipes.planner import GPUS, gpu_from_device_name
+    from recipes.run import mfu_peak
+
+    assert gpu_from_device_name(device) == key
+    assert key is None or GPUS[key].bf16_tflops > 0
+    assert mfu_peak() is None  # this machine has no GPU

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptoss.secrets import MASK, redact
+from kit.secrets import MASK, redact
 
 
 def test_redacts_secret_keys_and_known_values(monkeypatch):

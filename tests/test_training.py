@@ -1,5 +1,5 @@
 """The training entry point end to end on CPU: megatron-bridge's real pretrain()/finetune() on the
-tiny gpt-oss, through `python -m recipes run` (gptoss.cpu_training makes the CUDA-only loop run on
+tiny gpt-oss, through `python -m recipes run` (megatron_cpu.training makes the CUDA-only loop run on
 the CPU; nothing in the model, optimizer or checkpointing is mocked)."""
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def run_recipe(workspace: Path, recipe: str, *overrides: str, timeout: int = 600
         "WORKSPACE": str(workspace),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": _port(),
-        "TORCHDYNAMO_DISABLE": "1",
         "PYTHONUNBUFFERED": "1",
     }
     return subprocess.run(
@@ -69,6 +68,7 @@ def test_pretrain_learns_and_leaves_a_checkpoint(pretrained):
     assert losses[0] == pytest.approx(12.2, abs=0.3), "random init: ~ln(201088)"
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 2.0, losses
     assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["mfu"] is None and r["mfu_peak"] is None for r in rows), "no GPU: no MFU, not a wrong one"
     assert rows[0]["lr"] < rows[1]["lr"], "warm-up"
     ckpt = pretrained / "checkpoints" / "gpt-oss-tiny-pretrain"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "20"
@@ -93,6 +93,7 @@ def test_resume_continues_the_same_loss_curve(ws):
         "checkpoint.save_interval=100",
         "checkpoint.save=" + str(ws / "checkpoints" / "split"),
         "checkpoint.load=" + str(ws / "checkpoints" / "split"),
+        "logger.wandb_project=kit-test",  # offline (no API key): one W&B run across the requeue
     ]
     first = run_recipe(ws, "gpt_oss_tiny_pretrain", *split)
     assert first.returncode == 75, first.stdout[-2000:] + first.stderr[-2000:]
@@ -102,6 +103,13 @@ def test_resume_continues_the_same_loss_curve(ws):
     resumed = metrics(ws, "split")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     assert [r["lm loss"] for r in resumed] == [r["lm loss"] for r in reference], "bit-exact in fp32 on CPU"
+    run_id = (ws / "results" / "split" / "wandb_run_id").read_text().strip()
+    offline = sorted((ws / "results" / "split" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(d.name.endswith("-" + run_id) for d in offline), (run_id, offline)
+    assert all((d / f"run-{run_id}.wandb").is_file() for d in offline)
+    from recipes.run import wandb_run_id
+
+    assert run_id == wandb_run_id(ws / "checkpoints" / "split") != wandb_run_id(ws / "checkpoints" / "full")
 
 
 def test_bad_inputs_fail_before_training(ws, tmp_path, monkeypatch, capsys):
@@ -212,7 +220,7 @@ def _from_pretrained(ws: Path) -> str:
 
 
 def test_full_sft_on_packed_harmony_data(sft_data):
-    """finetune() from the pretrained checkpoint on packed sequences (gptoss.cpu gives the CPU
+    """finetune() from the pretrained checkpoint on packed sequences (megatron_cpu.model gives the CPU
     attention the block-diagonal mask that TE's THD kernels apply on a GPU)."""
     out = run_recipe(sft_data, "gpt_oss_tiny_sft", "train.train_iters=3", _from_pretrained(sft_data))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -230,7 +238,7 @@ def lora_run(sft_data):
 
 
 def test_lora_trains_only_the_adapters(sft_data, lora_run):
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
     import torch.distributed as dist
@@ -265,7 +273,7 @@ def test_lora_export_merged_and_peft_adapter_reproduce_the_run(sft_data, lora_ru
     from conversion.hf_io import HFCheckpoint
 
     def export(src: Path, out: Path) -> None:
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _port(), "TORCHDYNAMO_DISABLE": "1"}
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _port()}
         cmd = [sys.executable, "-m", "conversion", "export", "--megatron", str(src), "--out", str(out)]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -280,7 +288,7 @@ def test_lora_export_merged_and_peft_adapter_reproduce_the_run(sft_data, lora_ru
 
     _, model, hf_config, _, lora = megatron_io.load_any(lora_run)
     assert lora is not None
-    ids = validate.prompts(hf_config["vocab_size"], 40)
+    ids, _ = validate.prompts(hf_config["vocab_size"], 40)
     reference = validate.megatron_logits(model[0], ids)
     merged = validate.hf_logits(HFCheckpoint(tmp_path / "merged"), ids)
     base = validate.hf_logits(HFCheckpoint(tmp_path / "base"), ids)

@@ -17,7 +17,7 @@ CORPUS = [
 
 
 def write_indexed_dataset(prefix: Path, repeats: int = 60) -> Path:
-    from gptoss.compat import import_bridge
+    from megatron_cpu.compat import import_bridge
 
     import_bridge()
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder

@@ -16,8 +16,9 @@ What it works around (megatron-core 0.19.2, megatron-bridge 0.6.2, Python 3.11):
    "isinstance() arg 2 must be a type".
 
 When Transformer Engine imports (GPU images), step 2 and 3 are skipped entirely; step 1 only ever
-adds a missing name. Use `from gptoss.compat import import_bridge; import_bridge()` before touching
-megatron.bridge, or just import `megatron_bridge()` from here.
+adds a missing name. The kit's entry points (each `python -m ...` main, the recipe builders) call
+`from megatron_cpu.compat import import_bridge; import_bridge()` before touching megatron.bridge; no module
+of the kit does it at import.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
       logs/<job>-<jobid>/         SLURM and launcher logs
       cache/                      HF_HOME, tokenizer and dataset index caches (safe to delete)
 
-$WORKSPACE defaults to ./workspace so that nothing is ever written to a surprising place.
+$WORKSPACE defaults to the kit checkout's own workspace/ (DEFAULT_ROOT), wherever a command runs
+from: the Makefile, the SLURM scripts (slurm/lib.sh) and the NeMo-Run launcher use the same default.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SUBDIRS = ("models", "data", "checkpoints", "results", "logs", "cache")
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "workspace"  # <kit checkout>/workspace
 
 
 def root() -> Path:
-    return Path(os.environ.get("WORKSPACE") or "workspace").absolute()
+    """$WORKSPACE, else DEFAULT_ROOT."""
+    return Path(os.environ.get("WORKSPACE") or DEFAULT_ROOT).absolute()
 
 
 def model_dir(model: str, fmt: str) -> Path:
@@ -39,6 +41,17 @@ def data_dir(dataset: str) -> Path:
     return root() / "data" / dataset
 
 
+def packed_sft_files(dataset_dir: str | os.PathLike, seq_length: int) -> dict[str, Path]:
+    """The packed SFT files `python -m data_prep sft -o DIR` writes under DIR/packed/ and the SFT
+    recipes read (Megatron-Bridge's packed-parquet names): train, validation and metadata."""
+    packed = Path(dataset_dir) / "packed"
+    return {
+        "train": packed / f"training_{seq_length}.idx.parquet",
+        "validation": packed / f"validation_{seq_length}.idx.parquet",
+        "metadata": packed / f"{seq_length}_metadata.jsonl",
+    }
+
+
 def checkpoint_dir(run: str) -> Path:
     return root() / "checkpoints" / run
 
@@ -47,16 +60,5 @@ def results_dir(run: str) -> Path:
     return root() / "results" / run
 
 
-def logs_dir(job: str) -> Path:
-    return root() / "logs" / job
-
-
 def cache_dir() -> Path:
     return root() / "cache"
-
-
-def create() -> Path:
-    r = root()
-    for sub in SUBDIRS:
-        (r / sub).mkdir(parents=True, exist_ok=True)
-    return r

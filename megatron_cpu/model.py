@@ -1,4 +1,5 @@
-"""CPU adaptation for building and running Megatron gpt-oss models without CUDA.
+"""Building and running Megatron gpt-oss models on whatever the machine has: the GPU when there is
+one, else the CPU with the adaptations below.
 
 Megatron-Core's "local" (non Transformer Engine) modules still put a few tensors on CUDA
 (megatron-core 0.19.2): the attention sinks (`softmax_offset`), the causal and sliding-window
@@ -10,14 +11,16 @@ the CPU, through the layer spec (attention, router) or by re-classing one module
 (see `CloneOutputRowParallelLinear`).
 
 Everything here is inert when `torch.cuda.is_available()`: `cpu_layer_spec` then returns
-Megatron's normal spec and `make_cpu_friendly` / `build_model_cpu` leave the provider alone.
+Megatron's normal spec and `make_cpu_friendly` / `build_model` leave the provider alone.
 
 Public API (stable; the CPU training loop builds on it):
 
-- `init_parallel(tp=1, pp=1, ep=1, rank=0, world_size=1)`: torch.distributed (gloo) + parallel_state.
+- `init_process_groups(tp=1, pp=1, ep=1, rank=0, world_size=1)`: torch.distributed (NCCL on a GPU,
+  gloo on CPU) + Megatron's parallel_state.
 - `cpu_layer_spec(provider)`: the transformer layer spec with the CPU-safe classes.
 - `make_cpu_friendly(provider)`: fp32, no fused kernels, allgather dispatcher, the CPU layer spec.
-- `build_model_cpu(provider, ...)`: finalize + provide on CPU, returns the GPTModel (one PP stage).
+- `build_model(provider, ...)`: finalize + provide, returns this rank's GPTModel (one PP stage) on
+  the current CUDA device, or on the CPU with the CPU-safe classes.
 - `on_cpu()`: context manager mapping `torch.cuda.current_device()` to "cpu" and the CUDA RNG state
   to the CPU one (construction and checkpoint-save helper).
 """
@@ -32,47 +35,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.fusions.fused_softmax import FusedScaleMaskSoftmax, SoftmaxOne
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import YarnRotaryEmbedding
+from megatron.core.tensor_parallel.layers import RowParallelLinear
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType
+from megatron.core.transformer.moe.experts import SequentialMLP
+from megatron.core.transformer.moe.router import TopKRouter
 
-from gptoss.compat import import_bridge
-
-import_bridge()
-
-from megatron.bridge.models.conversion.param_mapping import AutoMapping  # noqa: E402
-from megatron.bridge.models.gpt_provider import default_layer_spec, local_layer_spec  # noqa: E402
-from megatron.core import parallel_state, tensor_parallel  # noqa: E402
-from megatron.core.fusions.fused_softmax import FusedScaleMaskSoftmax, SoftmaxOne  # noqa: E402
-from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import YarnRotaryEmbedding  # noqa: E402
-from megatron.core.tensor_parallel.layers import RowParallelLinear  # noqa: E402
-from megatron.core.transformer.dot_product_attention import DotProductAttention  # noqa: E402
-from megatron.core.transformer.enums import AttnBackend, AttnMaskType  # noqa: E402
-from megatron.core.transformer.moe.experts import SequentialMLP  # noqa: E402
-from megatron.core.transformer.moe.router import TopKRouter  # noqa: E402
-
-_FORCE_CPU = "KIT_FORCE_CPU"
-
-
-def cuda_available() -> bool:
-    """A real GPU, not the single pretend device of gptoss.cpu_training (and False inside
-    `forced_cpu`, or with KIT_FORCE_CPU=1)."""
-    if os.environ.get(_FORCE_CPU) == "1":
-        return False
-    return getattr(torch.cuda, "real_is_available", torch.cuda.is_available)()
-
-
-@contextlib.contextmanager
-def forced_cpu() -> Iterator[None]:
-    """Everything in this module behaves as on a CPU-only host, GPU or not (for work that needs no
-    GPU, such as the streamed conversion: one code path, the one the CPU tests exercise)."""
-    saved = os.environ.get(_FORCE_CPU)
-    os.environ[_FORCE_CPU] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(_FORCE_CPU, None)
-        else:
-            os.environ[_FORCE_CPU] = saved
-
+from gptoss.arch import EXPERT_TENSOR_PARALLEL
+from megatron_cpu.compat import import_bridge
+from megatron_cpu.training import cuda_available, eager_without_gpu, forced_cpu  # noqa: F401 - re-exported
 
 # ---------------------------------------------------------------------------------------------
 # torch.cuda.current_device -> "cpu" (only while Megatron code that hard-codes it runs)
@@ -103,7 +77,7 @@ def on_cpu() -> Iterator[None]:
     A no-op when CUDA is available. Not thread-safe (it patches torch functions for its duration),
     which is fine for the single-threaded construction, forward and save it wraps.
     """
-    if cuda_available() or hasattr(torch.cuda, "real_is_available"):  # GPU, or gptoss.cpu_training's shims
+    if cuda_available() or hasattr(torch.cuda, "real_is_available"):  # GPU, or megatron_cpu.training's shims
         yield
         return
     saved = torch.cuda.current_device, torch.cuda.get_rng_state, torch.cuda.synchronize
@@ -227,10 +201,16 @@ class BiasSafeSequentialMLP(SequentialMLP):
                 expert.linear_fc2.__class__ = CloneOutputRowParallelLinear
 
 
-# The bridge decides how to split or gather a parameter under TP from its module's class name.
-AutoMapping.register_module_type(CPUDotProductAttention.__name__, "column")  # sinks: one per head
-AutoMapping.register_module_type(CPUTopKRouter.__name__, "replicated")
-AutoMapping.register_module_type(CloneOutputRowParallelLinear.__name__, "row")
+@functools.cache
+def _register_with_bridge() -> None:
+    """The bridge decides how to split or gather a parameter under TP from its module's class name:
+    name the CPU classes to it (once, when a CPU layer spec is first built: nothing at import)."""
+    import_bridge()
+    from megatron.bridge.models.conversion.param_mapping import AutoMapping
+
+    AutoMapping.register_module_type(CPUDotProductAttention.__name__, "column")  # sinks: one per head
+    AutoMapping.register_module_type(CPUTopKRouter.__name__, "replicated")
+    AutoMapping.register_module_type(CloneOutputRowParallelLinear.__name__, "row")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +225,12 @@ def cpu_layer_spec(provider: Any):
     functions). With CUDA available it returns Megatron-Bridge's default spec (Transformer Engine
     when it is installed) unchanged.
     """
+    import_bridge()
+    from megatron.bridge.models.gpt_provider import default_layer_spec, local_layer_spec
+
     if cuda_available():
         return default_layer_spec(provider)
+    _register_with_bridge()
     spec = local_layer_spec(provider)
     layer = spec.submodules
     layer.self_attention.submodules.core_attention = CPUDotProductAttention
@@ -268,6 +252,7 @@ def make_cpu_friendly(provider: Any) -> Any:
     """
     if cuda_available():
         return provider
+    eager_without_gpu()  # Megatron's torch.compile'd fusions target CUDA
     provider.transformer_impl = "local"
     provider.transformer_layer_spec = cpu_layer_spec
     # attention_backend="local" makes the provider overwrite core_attention with the stock class.
@@ -305,12 +290,13 @@ def fix_after_build(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_model_cpu(
+def build_model(
     provider: Any, *, pre_process: bool | None = None, post_process: bool | None = None
 ) -> torch.nn.Module:
-    """Build this rank's GPTModel (its pipeline stage) on the CPU.
+    """Build this rank's GPTModel (its pipeline stage): on the current CUDA device when there is a
+    GPU, else on the CPU.
 
-    Call `init_parallel` first. Makes the provider CPU-friendly, finalizes it, and builds with
+    Call `init_process_groups` first. Makes the provider CPU-friendly, finalizes it, and builds with
     `torch.cuda.current_device()` mapped to CPU. With CUDA available this is a plain
     `provider.provide()` and the model is moved to the current CUDA device.
     """
@@ -332,7 +318,7 @@ def build_model_cpu(
 # ---------------------------------------------------------------------------------------------
 
 
-def init_parallel(
+def init_process_groups(
     tp: int = 1,
     pp: int = 1,
     ep: int = 1,
@@ -371,8 +357,8 @@ def init_parallel(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         expert_model_parallel_size=ep,
-        # gpt-oss experts are never tensor-split (see gptoss.arch): parallel_state would default ETP to TP
-        expert_tensor_parallel_size=1,
+        # gpt-oss experts are never tensor-split: parallel_state would default ETP to TP
+        expert_tensor_parallel_size=EXPERT_TENSOR_PARALLEL,
     )
     torch.manual_seed(seed)
     if cuda_available():

@@ -1,4 +1,4 @@
-"""`python -m gptoss.rendezvous`: join the job's process group and all-reduce the ranks.
+"""`python -m kit.rendezvous`: join the job's process group and all-reduce the ranks.
 
 Launched by slurm/check_rendezvous.sh (one task per GPU, RANK/WORLD_SIZE/MASTER_ADDR from the
 allocation): proves the rendezvous before a long job depends on it. NCCL where CUDA is, gloo

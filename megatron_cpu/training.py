@@ -15,7 +15,7 @@ really the CPU, for the duration of a `with` block:
   omits) becomes a no-op: the compiled helper ships prebuilt.
 
 It is inert when CUDA is really available: the block runs unchanged. Only the tiny CPU recipes use
-it (tests and `make demo`), together with the CPU-safe layer spec of `gptoss.cpu` that their
+it (tests and `make demo`), together with the CPU-safe layer spec of `megatron_cpu.model` that their
 recipes select. Nothing here changes numerics: the same megatron-bridge training loop,
 optimizer, scheduler, checkpointing and data pipeline run, in fp32 on the CPU.
 """
@@ -33,6 +33,43 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _CUDA_NAMES = ("cuda",)
+_FORCE_CPU = "KIT_FORCE_CPU"
+
+
+def cuda_available() -> bool:
+    """The kit's one GPU check: torch's, for a real GPU, not the single pretend device of
+    `cpu_training()` (and False inside `forced_cpu`, or with KIT_FORCE_CPU=1). CUDA_VISIBLE_DEVICES
+    says nothing: SLURM sets it on any node with GPU GRES, fake or real."""
+    if os.environ.get(_FORCE_CPU) == "1":
+        return False
+    return getattr(torch.cuda, "real_is_available", torch.cuda.is_available)()
+
+
+@contextlib.contextmanager
+def forced_cpu() -> Iterator[None]:
+    """Everything in megatron_cpu.model behaves as on a CPU-only host, GPU or not (for work that needs no
+    GPU, such as the streamed conversion: one code path, the one the CPU tests exercise)."""
+    saved = os.environ.get(_FORCE_CPU)
+    os.environ[_FORCE_CPU] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_FORCE_CPU, None)
+        else:
+            os.environ[_FORCE_CPU] = saved
+
+
+def eager_without_gpu() -> bool:
+    """The kit's TORCHDYNAMO policy, in one place: without a real GPU, every torch.compile'd function
+    (Megatron's fusions, which target CUDA) runs eagerly, for the rest of the process. Returns True
+    when it switched. A run-time stance rather than TORCHDYNAMO_DISABLE, because it must also hold
+    for functions that were decorated before the decision, and inside `cpu_training()`, where dynamo
+    would otherwise trace torch.cuda's stand-ins and fail ("Duplicate torch object")."""
+    if cuda_available():
+        return False
+    torch.compiler.set_stance("force_eager")
+    return True
 
 
 def _is_cuda(device: Any) -> bool:
@@ -195,9 +232,10 @@ def _gloo(fn):
 def cpu_training() -> Iterator[bool]:
     """Within the block, Megatron's CUDA-only training code runs on the CPU. Yields True when the
     shims are active (no real GPU), False when CUDA is available and nothing was changed."""
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # a real GPU, or this block already active
         yield False
         return
+    eager_without_gpu()
     # dynamo builds a table of torch functions on first import: let it see the real ones
     importlib.import_module("torch._dynamo")
     import torch.distributed as dist
@@ -210,7 +248,7 @@ def cpu_training() -> Iterator[bool]:
         saved.append((obj, name, getattr(obj, name, missing)))
         setattr(obj, name, value)
 
-    patch(torch.cuda, "real_is_available", torch.cuda.is_available)  # read by gptoss.cpu.cuda_available
+    patch(torch.cuda, "real_is_available", torch.cuda.is_available)  # read by megatron_cpu.model.cuda_available
     for name, value in _cuda_replacements().items():
         patch(torch.cuda, name, value)
         if hasattr(torch.cuda.random, name):
