@@ -239,13 +239,19 @@ def load_megatron(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
     check_layout(arch_from_hf_config(config), tp, pp, ep)
     cpu.init_process_groups(tp, pp, ep)
     bridge, model = _bridge_and_model(config, tp, pp, ep)
+    load_weights(iter_dir, model, f"gpt-oss TP={tp} PP={pp} EP={ep}")
+    return bridge, model, config, meta
+
+
+def load_weights(iter_dir: Path, model: list, what: str = "this model") -> None:
+    """Load a torch_dist checkpoint's weights into `model` (any layout: Megatron re-shards), strictly;
+    a ConversionError naming the checkpoint otherwise. Collective."""
     from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
 
     try:
         _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
     except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds; name the checkpoint
-        raise ConversionError(f"{iter_dir}: cannot load into gpt-oss TP={tp} PP={pp} EP={ep}: {err}") from err
-    return bridge, model, config, meta
+        raise ConversionError(f"{iter_dir}: cannot load into {what}: {err}") from err
 
 
 def load_any(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):

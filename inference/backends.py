@@ -185,16 +185,14 @@ def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
                 f"{err}; and no run_config.yaml to infer the architecture from. Make the checkpoint with "
                 f"`python -m conversion import --hf HF_DIR --out {ckpt}` or a `python -m recipes run` training run"
             ) from None
-    from gptoss.arch import ARCHS
+    from types import SimpleNamespace
 
-    for arch in ARCHS.values():
-        if (model.get("num_layers"), model.get("hidden_size"), model.get("num_moe_experts")) == (
-            arch.num_layers,
-            arch.hidden_size,
-            arch.num_experts,
-        ):
-            return arch.hf_config_dict()
-    raise CheckpointError(f"{ckpt}: no sidecar and the run's model matches no gpt-oss size in gptoss.arch")
+    from gptoss.arch import GptOssArch
+
+    try:  # the run's provider fields, read back through the one arch <-> provider mapping
+        return GptOssArch.from_provider(SimpleNamespace(**model)).hf_config_dict()
+    except (AttributeError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{ckpt}: no sidecar, and the run's model config is not a gpt-oss one ({err})") from None
 
 
 def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tuple[Any, list[torch.nn.Module]]:
@@ -225,15 +223,6 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
     return bridge, [model]
 
 
-def _load_weights(iter_dir: Path, model: list[torch.nn.Module]) -> None:
-    from megatron.bridge.training.checkpointing import _load_model_weights_from_checkpoint
-
-    try:
-        _load_model_weights_from_checkpoint(str(iter_dir), model, strict=True)
-    except Exception as err:  # noqa: BLE001 - dist_checkpointing raises many kinds
-        raise CheckpointError(f"{iter_dir}: cannot load into this model: {err}") from err
-
-
 class MegatronBackend:
     """A Megatron checkpoint, loaded for inference (see the module docstring)."""
 
@@ -248,6 +237,8 @@ class MegatronBackend:
         base: str | os.PathLike | None = None,
         merge: bool = False,
     ) -> None:
+        from conversion.megatron_io import load_weights
+
         ckpt = Path(path)
         iter_dir = _iter_dir(ckpt, iteration)
         run_config = lora.run_config(iter_dir)
@@ -257,7 +248,7 @@ class MegatronBackend:
         if peft is None:
             hf_config = _hf_config_for(ckpt, run_config)
             self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
-            _load_weights(iter_dir, self.model)
+            load_weights(iter_dir, self.model)
         else:
             base = Path(base or (run_config.get("checkpoint") or {}).get("pretrained_checkpoint") or "")
             if not str(base) or not base.is_dir():
@@ -268,7 +259,7 @@ class MegatronBackend:
                 )
             hf_config = _hf_config_for(base, lora.run_config(_iter_dir(base, None)))
             self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
-            _load_weights(_iter_dir(base, None), self.model)
+            load_weights(_iter_dir(base, None), self.model)
             _, self.model = lora.attach_adapters(self.model, iter_dir, peft)
             if merge:
                 self.lora_merged = lora.merge_into_base(self.model)

@@ -234,10 +234,10 @@ def test_training_checkpoint_without_sidecar_uses_its_run_config(ws, meg, prompt
     shutil.rmtree(run / "hf")
     (run / "kit_conversion.json").unlink()
     it = (run / "latest_checkpointed_iteration.txt").read_text().strip()
-    (run / f"iter_{int(it):07d}/run_config.yaml").write_text(
-        "model:\n  _target_: megatron.bridge.models.gpt_provider.GPTModelProvider\n"
-        f"  num_layers: {TINY.num_layers}\n  hidden_size: {TINY.hidden_size}\n  num_moe_experts: {TINY.num_experts}\n"
-    )
+    import recipes
+
+    # the run_config.yaml a training run of the tiny recipe writes (the bridge's own ConfigContainer.to_yaml)
+    recipes.build("gpt_oss_tiny_pretrain").to_yaml(str(run / f"iter_{int(it):07d}/run_config.yaml"))
     backend = MegatronBackend(run)
     params = SamplingParams(max_new_tokens=4)
     assert generate(backend, prompts, params)[0].tokens == generate(meg, prompts, params)[0].tokens
