@@ -129,11 +129,10 @@ def check(args: argparse.Namespace) -> list[str]:
     from conversion.validate import validate, validate_hf_pair
 
     hf = work / "hf-random"
-    if hf.exists():
-        import shutil
+    from kit.fs import staged_dir
 
-        shutil.rmtree(hf)  # this script's own scratch output
-    make_random_hf_streamed(hf, arch, seed=0, mxfp4_experts=True)
+    with staged_dir(hf, force=True) as tmp:  # replaces only this script's own earlier output
+        make_random_hf_streamed(tmp, arch, seed=0, mxfp4_experts=True)
     meg = import_hf(hf, work / "megatron-random", force=True)
     report = validate(hf, meg)
     for line in report.text().splitlines():

@@ -17,6 +17,13 @@ def is_rank0() -> bool:
     return rank() == 0
 
 
+def initialized() -> bool:
+    """A torch.distributed process group is up (collectives reach the other ranks)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     """torch.distributed.barrier() when a process group is up; nothing alone."""
     import torch.distributed as dist

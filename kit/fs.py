@@ -94,8 +94,11 @@ def staged_dir(out: str | os.PathLike, *, force: bool = False, error: type[Excep
     `force` and `check_replaceable` allows it. Under torch.distributed, rank 0 makes, renames and
     removes it and every rank learns its name (so every rank must enter the block)."""
     out = Path(out).absolute()
+    # Without a process group there is no one to share the work with: this process stages alone
+    # (whatever RANK says), rather than wait on a broadcast that never comes.
+    leader = dist.is_rank0() or not dist.initialized()
     made: str | Exception | None = None
-    if dist.is_rank0():
+    if leader:
         try:
             check_replaceable(out, force, error)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +113,9 @@ def staged_dir(out: str | os.PathLike, *, force: bool = False, error: type[Excep
         yield tmp
         dist.barrier()
     except BaseException:
-        if dist.is_rank0():
+        if leader:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dist.is_rank0():
+    if leader:
         replace_dir(tmp, out, error)
     dist.barrier()

@@ -34,3 +34,4 @@ def test_setup_reads_the_pins_from_here_without_any_package():
     assert out.returncode == 0, out.stderr
     assert f"MEGATRON_BRIDGE_VERSION={DEVELOPED_AGAINST['megatron-bridge']}" in out.stdout.splitlines()
     assert 'eval "$("$PY" kit/versions.py --shell)"' in (ROOT / "scripts" / "setup.sh").read_text()
+
