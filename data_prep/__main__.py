@@ -1,4 +1,4 @@
-"""python -m data_prep pretrain | sft | blend  (see README: "Data")."""
+"""python -m data_prep pretrain | sft | blend | prompts  (see README: "Data")."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def _pretrain_args(sub) -> None:
         "format, comma-separated (e.g. humaneval,mbpp.jsonl); see data_prep/decontam.py",
     )
     p.add_argument(
+        "--no-decontaminate",
+        action="store_true",
+        help="teacher data (inputs written by `inference generate`, with their .manifest.json) is decontaminated "
+        "against humaneval by default; this keeps it as it is",
+    )
+    p.add_argument(
         "--decontam-min-chars",
         type=int,
         default=None,
@@ -84,6 +90,39 @@ def _sft_args(sub) -> None:
     p.add_argument("--keep-all-analysis", action="store_true", help="keep the reasoning of earlier turns too")
     p.add_argument("--messages-key", default="messages")
     p.add_argument("--seed", type=int, default=1234, help="order of the packs")
+    p.add_argument(
+        "--pad-to-multiple",
+        type=int,
+        default=1,
+        metavar="M",
+        help="pad each conversation (eos, no loss) to len - 1 a multiple of M, for context parallelism: the "
+        "recipe's pad_seq_to_mult = 2 * CP (gpt_oss_20b_sft_32k: 4, gpt_oss_120b_sft_32k: 8); default 1 (none)",
+    )
+    p.add_argument(
+        "--decontaminate",
+        metavar="SETS",
+        help="drop conversations holding benchmark problems (as pretrain's; default: humaneval for teacher data "
+        "written by `inference generate`, none otherwise)",
+    )
+    p.add_argument("--no-decontaminate", action="store_true", help="no decontamination of teacher data either")
+
+
+def _prompts_args(sub) -> None:
+    from data_prep.teacher import DEFAULT_DECONTAM, STYLES
+
+    p = sub.add_parser("prompts", help="corpus files -> prompts JSONL for `inference generate` (teacher data)")
+    p.add_argument("inputs", nargs="+", help="files, globs or directories (.jsonl[.gz|.zst], .parquet), e.g. The Stack")
+    p.add_argument("--output", "-o", required=True, help="prompts file, e.g. $WORKSPACE/data/teacher/prompts.jsonl")
+    p.add_argument("--style", choices=STYLES, default="head",
+                   help="head: a file's first --lines lines; docstring: a Python function up to its docstring")  # fmt: skip
+    p.add_argument("--lines", type=int, default=20, help="head: lines per prompt (default 20)")
+    p.add_argument("--limit", type=int, help="at most this many prompts (default: one per usable file)")
+    p.add_argument("--text-key", default="content", help="column/field holding the file's text (The Stack: content)")
+    p.add_argument("--languages", help="comma-separated allow-list, e.g. python,rust (default: all)")
+    p.add_argument("--licenses", help="comma-separated SPDX allow-list, or 'any' (default: permissive list)")
+    p.add_argument("--decontaminate", metavar="SETS", default=DEFAULT_DECONTAM,
+                   help=f"skip files holding these benchmarks' problems (default {DEFAULT_DECONTAM})")  # fmt: skip
+    p.add_argument("--no-decontaminate", action="store_true", help="keep every file")
 
 
 def _blend_args(sub) -> None:
@@ -115,13 +154,37 @@ def _filters(args):
 
 def _decontam(args):
     from data_prep.decontam import MIN_CHARS, DecontamConfig
+    from data_prep.readers import expand_inputs
+    from data_prep.teacher import default_decontam
 
-    if not args.decontaminate:
+    # teacher data (inputs with a generate manifest): humaneval unless --decontaminate / --no-decontaminate
+    spec = default_decontam(args.decontaminate, args.no_decontaminate, expand_inputs(args.inputs))
+    if not spec:
         if args.decontam_min_chars is not None or args.decontam_ngram:
             raise ValueError("--decontam-min-chars/--decontam-ngram need --decontaminate SETS (e.g. humaneval)")
         return None
     mc = MIN_CHARS if args.decontam_min_chars is None else args.decontam_min_chars
-    return DecontamConfig.parse(args.decontaminate, mc, args.decontam_ngram)
+    return DecontamConfig.parse(spec, mc, args.decontam_ngram)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _license_list(text: str | None) -> list[str] | None:
+    """--licenses: None (the default list), [] for 'any', else the names."""
+    if not text:
+        return None
+    return [] if text.strip() == "any" else _csv(text)
+
+
+def _sft_decontam(args):
+    from data_prep.decontam import DecontamConfig
+    from data_prep.readers import expand_inputs
+    from data_prep.teacher import default_decontam
+
+    spec = default_decontam(args.decontaminate, args.no_decontaminate, expand_inputs(args.inputs + args.val_inputs))
+    return DecontamConfig.parse(spec) if spec else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     _pretrain_args(sub)
     _sft_args(sub)
     _blend_args(sub)
+    _prompts_args(sub)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "pretrain":
@@ -168,9 +232,27 @@ def main(argv: list[str] | None = None) -> int:
                     keep_all_analysis=args.keep_all_analysis,
                     seed=args.seed,
                     messages_key=args.messages_key,
+                    decontam=_sft_decontam(args),
+                    pad_to_multiple=args.pad_to_multiple,
                 )
             )
             print("recipe overrides:", " ".join(m["overrides"]))
+        elif args.cmd == "prompts":
+            from data_prep import teacher
+
+            teacher.build_prompts(
+                teacher.PromptsConfig(
+                    inputs=args.inputs,
+                    output=Path(args.output),
+                    style=args.style,
+                    lines=args.lines,
+                    limit=args.limit,
+                    text_key=args.text_key,
+                    languages=_csv(args.languages),
+                    licenses=_license_list(args.licenses),
+                    decontaminate=None if args.no_decontaminate else args.decontaminate,
+                )
+            )
         else:
             from data_prep import blend
 

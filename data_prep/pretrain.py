@@ -42,6 +42,7 @@ from data_prep.filters import Filter, FilterConfig, language
 from data_prep.pii import VERSION as PII_VERSION
 from data_prep.pii import Redactor
 from data_prep.readers import Unit, expand_inputs, list_units, read_unit, text_keys_of
+from data_prep.teacher import teacher_summary
 from data_prep.util import DropStats, dump_json
 from kit.fs import write_text_atomic
 
@@ -545,6 +546,7 @@ def _manifest(
         "languages": {k: languages[k] for k in sorted(languages)},
         "decontamination": decontam,
         "pii": _pii_report(cfg, infos, dups),
+        "teacher_data": teacher_summary(files),  # inputs written by `inference generate`: teacher, sampling
         "plan": plan,
     }
 

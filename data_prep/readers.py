@@ -83,7 +83,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         if os.path.isdir(pat):
             for root, _, names in os.walk(pat):
                 for n in names:
-                    if n.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+                    # <file>.manifest.json: the record of how a generated file was made, not data
+                    if n.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES) and not n.endswith(".manifest.json"):
                         files.add(os.path.abspath(os.path.join(root, n)))
             continue
         hits = glob.glob(pat, recursive=True) if any(c in pat for c in "*?[") else [pat]

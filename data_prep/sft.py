@@ -28,8 +28,20 @@ Output, in the packed format of Megatron-Bridge's GPTSFTPackedParquetDataset, un
         As in the bridge's own packer, each sequence keeps all its tokens, counts len-1 against N
         (inputs and labels are shifted by one), and loss_mask[i] says whether label ids[i+1] is trained.
     <N>_metadata.jsonl   the bridge's packing metadata (a JSON list: train, then validation)
+
+Context parallelism (--pad-to-multiple M, the recipe's offline_packing_specs.pad_seq_to_mult = 2*CP):
+the bridge's loader then reads each sequence's span as a padded one (cu_seqlens_padded) that must be
+a multiple of M, and its logical end as the last token that is not the tokenizer's eos. So, exactly
+as the bridge's own packer (offline.py tokenize_dataset/_pre_pad_data_point), each conversation is
+padded with eos tokens (<|return|>, the recipes' HF tokenizer's eos and eod), loss mask 0, until
+len - 1 is a multiple of M; packs are filled by these padded lengths, and the metadata entries carry
+"pad_seq_to_mult": M (which recipes/run.py checks against the recipe's). M = 1 writes what it always did.
 plus <output>/manifest.json: counts, drop reasons with locations, packing efficiency, and the recipe
 overrides that point GPTSFTDatasetConfig at these files.
+
+Decontamination (`decontam`, data_prep/decontam.py): a conversation whose messages hold a benchmark
+problem is dropped ("decontaminated"). The CLI turns it on against HumanEval for teacher data (inputs
+written by `inference generate`, data_prep/teacher.py), whose generate manifests the manifest copies.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.decontam import DecontamConfig
 from data_prep.readers import Unit, expand_inputs, kind_of
 from data_prep.util import DropStats, dump_json
 from kit.fs import write_text_atomic
@@ -73,6 +86,8 @@ class SFTConfig:
     keep_all_analysis: bool = False
     seed: int = 1234
     messages_key: str = "messages"
+    decontam: DecontamConfig | None = None  # drop conversations holding benchmark problems
+    pad_to_multiple: int = 1  # the recipe's pad_seq_to_mult (2 * context parallel size); 1: no padding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,9 +186,21 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def _pack_rows(seqs: list[tuple[list[int], list[int]]], seq_length: int, seed: int) -> tuple[list[dict], dict]:
-    # The bridge counts len-1 per sequence (inputs and labels are shifted by one).
-    lengths = [len(ids) - 1 for ids, _ in seqs]
+def padded_span(n_tokens: int, multiple: int) -> int:
+    """The span a sequence of n_tokens takes in a pack: n_tokens - 1 (inputs and labels are shifted by
+    one) rounded up to `multiple`, as the bridge's packer pads it (offline.py tokenize_dataset)."""
+    return -(-(n_tokens - 1) // multiple) * multiple
+
+
+def _pack_rows(
+    seqs: list[tuple[list[int], list[int]]], seq_length: int, seed: int, pad_to_multiple: int = 1
+) -> tuple[list[dict], dict]:
+    from gptoss.tokenizer import SPECIAL
+
+    # The bridge pads with its tokenizer's eod and finds a sequence's logical end as its last
+    # non-eos token; the recipes' HF tokenizer has eos_token = <|return|>, so both are this id.
+    pad_id = SPECIAL["<|return|>"]
+    lengths = [padded_span(len(ids), pad_to_multiple) for ids, _ in seqs]
     bins = pack(lengths, seq_length)
     # Best-fit decreasing sorts by length: shuffle the packs so training does not see a curriculum.
     perm = np.random.default_rng(seed).permutation(len(bins))
@@ -184,9 +211,10 @@ def _pack_rows(seqs: list[tuple[list[int], list[int]]], seq_length: int, seed: i
         starts: list[int] = []
         for i in bins[b]:
             s_ids, s_mask = seqs[i]
+            pad = lengths[i] + 1 - len(s_ids)
             starts.append(len(ids))
-            ids += s_ids
-            mask += s_mask[1:] + [0]  # the bridge's rolled mask: mask[i] trains label ids[i+1]
+            ids += s_ids + [pad_id] * pad
+            mask += s_mask[1:] + [0] * (1 + pad)  # the bridge's rolled mask: mask[i] trains label ids[i+1]
         rows.append({"input_ids": ids, "loss_mask": mask, "seq_start_id": starts})
     used = sum(lengths)
     meta = {
@@ -197,6 +225,8 @@ def _pack_rows(seqs: list[tuple[list[int], list[int]]], seq_length: int, seed: i
         "pack_size": seq_length,
         "min_packed_seqlen": min(sum(lengths[i] for i in b) for b in bins),
     }
+    if pad_to_multiple > 1:  # absent = 1, so that the default packing's metadata is what it always was
+        meta["pad_seq_to_mult"] = pad_to_multiple
     return rows, meta
 
 
@@ -272,12 +302,21 @@ def packed_paths(output: Path, seq_length: int) -> dict[str, Path]:
 
 def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
     """Render, mask, split and pack; returns the manifest (also written to <output>/manifest.json)."""
+    from data_prep.teacher import teacher_summary
     from gptoss.tokenizer import fingerprint
 
     if cfg.seq_length < 16:
         raise ValueError(f"--seq-length {cfg.seq_length} is too small; use the recipe's sequence length (e.g. 2048)")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(f"--val-fraction {cfg.val_fraction} must be in [0, 1)")
+    mult = cfg.pad_to_multiple
+    if mult < 1 or cfg.seq_length % mult:
+        # the pack's tail (seq_length - its sequences) is a segment of its own for the bridge: it too
+        # must be a multiple, as every sequence is
+        raise ValueError(
+            f"--pad-to-multiple {mult} must be >= 1 and divide --seq-length {cfg.seq_length}: "
+            f"use the recipe's pad_seq_to_mult (2 * context parallel size, e.g. 4)"
+        )
     out = Path(cfg.output).absolute()
     drops = DropStats()
     splits: dict[str, list[tuple[list[int], list[int]]]] = {"train": [], "validation": []}
@@ -285,6 +324,12 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
     if cfg.val_inputs:
         sources.append(("validation", expand_inputs(cfg.val_inputs)))
     records = 0
+    matcher = None
+    if cfg.decontam is not None:
+        from data_prep.decontam import Matcher
+
+        matcher = Matcher(cfg.decontam)
+    hits: dict[str, int] = {}  # benchmark task -> conversations dropped
     for split, files in sources:
         for loc, messages, reason, nbytes in _read_conversations(files, cfg.messages_key):
             records += 1
@@ -292,11 +337,18 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
                 drops.add(reason, nbytes, loc)
                 continue
             try:
-                ids, mask = render(normalize(messages, cfg.keep_all_analysis), cfg.analysis_loss)
+                flat = normalize(messages, cfg.keep_all_analysis)
             except ConversationError as e:
                 drops.add(e.reason, 0, loc)
                 continue
-            if len(ids) - 1 > cfg.seq_length:
+            found = matcher.find("\n".join(m["content"] for m in flat)) if matcher is not None else []
+            if found:
+                drops.add("decontaminated", 0, loc)
+                for task in sorted({f"{h.benchmark}:{h.task_id}" for h in found}):
+                    hits[task] = hits.get(task, 0) + 1
+                continue
+            ids, mask = render(flat, cfg.analysis_loss)
+            if padded_span(len(ids), mult) > cfg.seq_length:
                 drops.add("too_long", 0, loc)
                 continue
             if not any(mask):
@@ -317,7 +369,7 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
         if not splits[split]:
             paths[split].unlink(missing_ok=True)  # a stale file from an earlier run must not linger
             continue
-        rows, meta = _pack_rows(splits[split], cfg.seq_length, cfg.seed)
+        rows, meta = _pack_rows(splits[split], cfg.seq_length, cfg.seed, mult)
         _write_parquet(rows, paths[split])
         metadata.append(meta)
         stats[split] = {
@@ -325,6 +377,7 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
             "packs": len(rows),
             "tokens": sum(len(ids) for ids, _ in splits[split]),
             "loss_tokens": sum(sum(m) for _, m in splits[split]),
+            "padding_tokens": sum(padded_span(len(ids), mult) + 1 - len(ids) for ids, _ in splits[split]),
             "packing_efficiency": meta["packing_efficiency"],
         }
     write_text_atomic(paths["metadata"], json.dumps(metadata))
@@ -332,12 +385,15 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
         "format": "megatron-bridge packed parquet (GPTSFTPackedParquetDataset)",
         "tokenizer": fingerprint(),
         "seq_length": cfg.seq_length,
+        "pad_to_multiple": mult,  # each sequence padded to len - 1 a multiple of it (1: unpadded)
         "records": records,
         "splits": stats,
         "dropped": drops.to_dict(),
         "analysis_loss": cfg.analysis_loss,
         "keep_all_analysis": cfg.keep_all_analysis,
         "inputs": [f for _, files in sources for f in files],
+        "decontamination": _decontam_report(matcher, hits),
+        "teacher_data": teacher_summary([f for _, files in sources for f in files]),
         "files": {k: str(v.relative_to(out)) for k, v in paths.items() if v.exists()},
         "overrides": recipe_overrides(out, cfg.seq_length, has_validation="validation" in stats),
     }
@@ -346,16 +402,25 @@ def run(cfg: SFTConfig, log: Callable[[str], None] = lambda s: print(s, file=sys
         log(
             f"{split}: {s['conversations']:,} conversations -> {s['packs']:,} packs of {cfg.seq_length} tokens, "
             f"packing efficiency {s['packing_efficiency']:.1f}%"
+            + (f" ({s['padding_tokens']:,} padding tokens, multiple {mult})" if mult > 1 else "")
         )
     for reason, v in drops.to_dict().items():
         log(f"  dropped {v['docs']:,} ({reason}), e.g. {', '.join(v['examples'][:3])}")
     return manifest
 
 
+def _decontam_report(matcher, hits: dict[str, int]) -> dict[str, Any] | None:
+    """The sets searched (as pretrain's manifest has them) and the conversations dropped per task."""
+    if matcher is None:
+        return None
+    return {**matcher.summary(), "dropped_docs": sum(hits.values()), "tasks": hits}
+
+
 def recipe_overrides(output: Path, seq_length: int, has_validation: bool = True) -> list[str]:
     """`python -m recipes` overrides that point an SFT recipe at these files."""
     p = packed_paths(output, seq_length)
     out = [
+        f"dataset.dataset_root={output}",  # the recipes check it exists (default: $WORKSPACE/data/sft)
         f"dataset.seq_length={seq_length}",
         f"dataset.offline_packing_specs.packed_sequence_size={seq_length}",
         f"dataset.offline_packing_specs.packed_train_data_path={p['train']}",

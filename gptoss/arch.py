@@ -298,7 +298,13 @@ TINY = GptOssArch(
     yarn_factor=32.0,
 )
 
-ARCHS: dict[str, GptOssArch] = {a.name: a for a in (TINY, GPT_OSS_20B, GPT_OSS_120B)}
+# The tiny distillation teacher (recipes gpt_oss_tiny_distill_code): deeper, wider and with more
+# experts than TINY, as 120b is to 20b; the same vocabulary and tokenizer, so logits line up.
+TINY_TEACHER = replace(
+    TINY, name="tiny-teacher", num_layers=4, hidden_size=128, num_attention_heads=8, num_experts=8, expert_ffn_hidden_size=96
+)
+
+ARCHS: dict[str, GptOssArch] = {a.name: a for a in (TINY, TINY_TEACHER, GPT_OSS_20B, GPT_OSS_120B)}
 
 
 def _token_id(token: str, vocab_size: int) -> int | None:

@@ -82,9 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(gen, required=False)
     gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     gen.add_argument(
-        "--prompts-file", help="JSONL ({'prompt': ...} or {'messages': [...]}) or text, one prompt per line"
+        "--prompts-file",
+        help="JSONL ({'prompt': ...} or {'messages': [...]}, optionally an 'id'; `data_prep prompts` writes them) "
+        "or text, one prompt per line",
     )
-    gen.add_argument("--out", help="write the generations as JSONL here")
+    gen.add_argument("--out", help="write the generations as JSONL here (a rerun continues it: inference/teacher.py)")
+    gen.add_argument("--overwrite", action="store_true", help="discard what an earlier run wrote to --out")
+    gen.add_argument("--n", type=int, default=1, help="samples per prompt (needs --temperature > 0 for n > 1)")
     gen.add_argument("--no-stream", action="store_true")
     _chat_args(gen, "raw")
     _sampling_args(gen, 256, 0.0)
@@ -191,31 +195,50 @@ def _params(args: argparse.Namespace, temperature: float):
     )
 
 
-def read_prompts(path: str) -> list:
-    """Prompts from a file: JSONL objects with "prompt" (str) or "messages" (chat), or text lines."""
+def read_prompt_rows(path: str) -> list[dict]:
+    """Prompts from a file: JSONL objects with "prompt" (str) or "messages" (chat), and optionally an
+    "id" (unique; the key of its rows in `generate --out`) and "source"/"lang"/"style" (copied to
+    the rows: `data_prep prompts` writes them); or text, one prompt per line."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such prompts file")
-    out: list = []
+    out: list[dict] = []
+    ids: dict[str, int] = {}
     for n, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        if p.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not JSON ({e})") from None
-            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
-                out.append(obj["prompt"])
-            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-                out.append(obj["messages"])
-            else:
-                raise ValueError(f'{p}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+        if p.suffix != ".jsonl":
+            out.append({"prompt": line})
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{n}: not JSON ({e})") from None
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+            row = {"prompt": obj["prompt"]}
+        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            row = {"prompt": obj["messages"]}
         else:
-            out.append(line)
+            raise ValueError(f'{p}:{n}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+        if obj.get("id") is not None:
+            pid = str(obj["id"])
+            if pid in ids:
+                raise ValueError(f"{p}:{n}: id {pid!r} already on line {ids[pid]}: ids must be unique")
+            ids[pid] = n
+            row["id"] = pid
+        row.update({k: obj[k] for k in PROMPT_META if k in obj})
+        out.append(row)
     if not out:
         raise ValueError(f"{p}: no prompts")
     return out
+
+
+PROMPT_META = ("source", "lang", "style")  # prompt fields copied into the generated rows
+
+
+def read_prompts(path: str) -> list:
+    """The prompts of a file (read_prompt_rows), without their ids."""
+    return [r["prompt"] for r in read_prompt_rows(path)]
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -225,74 +248,164 @@ def _write_json(path: Path, obj: dict) -> None:
 # ---- commands ---------------------------------------------------------------------------------------
 
 
+def _generate_plan(args: argparse.Namespace, rows: list[dict]) -> dict:
+    """What the rows of `generate --out` depend on: a rerun continues the file only if it is equal."""
+    import hashlib
+
+    teacher = (
+        {"endpoint": args.endpoint, "model": args.model, "prompt_format": args.prompt_format}
+        if args.endpoint
+        else {"checkpoint": str(Path(args.checkpoint).absolute()) if args.checkpoint else None,
+              "iteration": args.iteration, "base": args.base, "merge_lora": args.merge_lora}
+    )  # fmt: skip
+    sampling = {
+        "n": args.n, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "seed": args.seed, "stop": list(args.stop), "stop_token_ids": list(args.stop_token),
+    }  # fmt: skip
+    mode = {"mode": args.mode}
+    if args.mode == "chat":
+        mode.update(system=args.system, developer=args.developer, reasoning_effort=args.reasoning_effort)
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"teacher": teacher, "sampling": sampling, "mode": mode, "prompts_sha256": digest}
+
+
+def _prompts_info(args: argparse.Namespace, rows: list[dict]) -> dict:
+    """The manifest's record of the prompts: the file, its checksum, how it was built."""
+    from data_prep.teacher import PROMPTS_KIND, read_manifest_beside
+    from data_prep.util import sha256_file
+
+    if not args.prompts_file:
+        return {"file": None, "count": len(rows), "inline": len(rows)}
+    f = Path(args.prompts_file).absolute()
+    return {"file": str(f), "sha256": sha256_file(str(f)), "count": len(rows), "inline": len(args.prompt),
+            "built_by": read_manifest_beside(f, PROMPTS_KIND)}  # fmt: skip
+
+
+def _generation_row(args: argparse.Namespace, prompt_row: dict, key: str, sample: int, g, command: str) -> dict:
+    """One row of `generate --out`, in the forms data_prep reads: `content` (raw: prompt and
+    completion, as code, for `data_prep pretrain`) and `messages` (the conversation with the
+    completion as the assistant's answer, for `data_prep sft`)."""
+    from inference import chat
+
+    p = prompt_row["prompt"]
+    rec = {"key": key, "id": prompt_row.get("id"), "sample": sample,
+           **{k: prompt_row[k] for k in PROMPT_META if k in prompt_row},
+           "prompt": p, "completion": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}  # fmt: skip
+    if args.mode == "chat":
+        rec["final"] = chat.final_text(g.tokens)
+        convo = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        parsed = chat.parse_completion(g.tokens)
+        rec["messages"] = convo + [{"role": "assistant", "channel": m.channel, "content": m.content} for m in parsed]
+    else:
+        rec["content"] = p + g.text
+        rec["messages"] = [{"role": "user", "content": p}, {"role": "assistant", "content": g.text}]
+    rec["command"] = command
+    return rec
+
+
 def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
+    from dataclasses import replace
+
     from inference import chat
     from inference.codec import codec_of
     from inference.codeeval import check_mode
     from inference.sampling import generate
 
-    prompts: list = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
-    if not prompts:
+    rows: list[dict] = [{"prompt": p} for p in args.prompt]
+    rows += read_prompt_rows(args.prompts_file) if args.prompts_file else []
+    if not rows:
         raise ValueError("no prompt: give --prompt TEXT or --prompts-file FILE")
+    if args.n < 1 or (args.n > 1 and not args.temperature):
+        raise ValueError(f"--n {args.n}: give n >= 1, and --temperature > 0 for n > 1 (greedy samples are identical)")
+    if args.overwrite and not args.out:
+        raise ValueError("--overwrite applies to --out FILE")
+    pids = [r.get("id") or f"#{i}" for i, r in enumerate(rows)]
+    if len(set(pids)) != len(pids):
+        raise ValueError("prompt ids repeat (an id '#N' clashes with a prompt's position): rename them")
+    log = None
+    if args.out:
+        from inference.teacher import GenerationLog
+
+        log = GenerationLog(args.out, _generate_plan(args, rows), overwrite=args.overwrite, writer=is_rank0())
+    from inference.teacher import row_key
+
+    done = log.done if log is not None else set()
+    todo = [(i, s) for i in range(len(rows)) for s in range(args.n) if row_key(pids[i], s) not in done]
+    total = len(rows) * args.n
+    if not todo:
+        print(f"{args.out}: all {total} generations are there already", file=sys.stderr)
+        if log is not None:
+            log.write_manifest({"command": _command(argv), "prompts": _prompts_info(args, rows)}, total)
+        return EXIT_OK
+    if log is not None and log.done:
+        print(f"{args.out}: {len(log.done)} of {total} generations there already, continuing", file=sys.stderr)
     backend = _load(args)
     codec = codec_of(backend)
     check_mode(codec, args.mode)
-    ids = []
-    for p in prompts:
+    text_prompts = getattr(backend, "prompt_format", "ids") == "text"
+
+    def encode(p):
         if args.mode == "chat":
-            ids.append(
-                chat.render_chat(
-                    p, reasoning_effort=args.reasoning_effort, system=args.system, developer=args.developer
-                )
-            )
-        elif isinstance(p, str):
-            # raw mode (gpt-oss: special tokens written out are honoured); text to a server that tokenizes
-            ids.append(p if getattr(backend, "prompt_format", "ids") == "text" else codec.encode(p))
-        else:
+            effort, system, developer = args.reasoning_effort, args.system, args.developer
+            return chat.render_chat(p, reasoning_effort=effort, system=system, developer=developer)
+        if not isinstance(p, str):
             raise ValueError("a {'messages': [...]} prompt needs --mode chat")
+        # raw mode (gpt-oss: special tokens written out are honoured); text to a server that tokenizes
+        return p if text_prompts else codec.encode(p)
+
     params = _params(args, args.temperature)
     stops = chat.chat_stop_ids() if args.mode == "chat" else codec.raw_stop_ids()
-    from dataclasses import replace
-
     params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *stops}))
-    stream = len(ids) == 1 and not args.no_stream and is_rank0()
+    stream = total == 1 and not args.no_stream and is_rank0()
+    info = {"command": _command(argv), "prompts": _prompts_info(args, rows),
+            "backend": backend.name, "model_type": getattr(backend, "model_type", None)}  # fmt: skip
+    if log is not None:
+        log.write_manifest(info, total)
 
     def on_text(_i: int, chunk: str) -> None:
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
-    results = []
-    t0 = time.time()
-    for b in range(0, len(ids), args.batch_size):
-        batch = ids[b : b + args.batch_size]
-        seeds = [args.seed * 1_000_003 + b + i for i in range(len(batch))]
-        results += generate(
-            backend, batch, params, on_text=on_text if stream else None, seeds=seeds, decode=codec.decode_bytes
-        )
+    from tqdm import tqdm
+
+    # an endpoint batches on the server: give it at least --concurrency requests at a time
+    step = max(args.batch_size, getattr(backend, "concurrency", 0))
+    bar = tqdm(total=len(todo), unit="sample", file=sys.stderr, mininterval=1.0,
+               disable=not (log is not None and is_rank0() and len(todo) > 1))  # fmt: skip
+    n_tok, first, t0 = 0, None, time.time()
+    for b in range(0, len(todo), step):
+        batch = todo[b : b + step]
+        # one seed per (prompt, sample), whatever the batch: a resumed run writes the same rows
+        seeds = [args.seed * 1_000_003 + i + (s << 32) for i, s in batch]
+        gens = generate(backend, [encode(rows[i]["prompt"]) for i, _ in batch], params,
+                        on_text=on_text if stream else None, seeds=seeds, decode=codec.decode_bytes)  # fmt: skip
+        n_tok += sum(len(g.tokens) for g in gens)
+        if not is_rank0():
+            continue
+        recs = [
+            _generation_row(args, rows[i], row_key(pids[i], s), s, g, info["command"]) for (i, s), g in zip(batch, gens)
+        ]
+        first = first or recs[0]
+        if log is not None:
+            log.append(recs)
+            log.write_manifest(info, total)
+        elif not stream:
+            for (i, s), rec in zip(batch, recs):
+                label = f"{i}.{s}" if args.n > 1 else str(i)
+                print(f"=== [{label}] {rec['finish_reason']}, {len(rec['tokens'])} tokens ===")
+                print(rec.get("final") if args.mode == "chat" else rec["completion"])
+        bar.update(len(batch))
+    bar.close()
     if not is_rank0():
         return EXIT_OK
-    records = []
-    for i, (p, g) in enumerate(zip(prompts, results)):
-        rec = {"prompt": p, "completion": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason}
-        if args.mode == "chat":
-            rec["final"] = chat.final_text(g.tokens)
-            rec["messages"] = [m.__dict__ for m in chat.parse_completion(g.tokens)]
-        records.append(rec)
-        if not stream:
-            print(f"=== [{i}] {g.finish_reason}, {len(g.tokens)} tokens ===")
-            print(rec.get("final") if args.mode == "chat" else g.text)
     if stream:
         print()
         if args.mode == "chat":
-            print(f"--- final answer ---\n{records[0]['final']}")
-    n_tok = sum(len(g.tokens) for g in results)
+            print(f"--- final answer ---\n{first['final']}")
     print(f"{n_tok} tokens in {time.time() - t0:.1f}s ({backend.name})", file=sys.stderr)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as f:
-            for rec in records:
-                f.write(json.dumps({**rec, "command": _command(argv)}) + "\n")
+    if log is not None:
+        print(f"wrote {len(todo)} row(s) to {args.out} ({len(log.done)} of {total}); manifest {log.manifest_path}",
+              file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 

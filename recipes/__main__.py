@@ -1,4 +1,4 @@
-"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G | run RECIPE [key=value ...]
+"""python -m recipes list | show RECIPE | plan RECIPE --nodes N --gpus-per-node G [--search] | run RECIPE [key=value ...]
 | launch RECIPE [key=value ...] --executor slurm|local"""
 
 from __future__ import annotations
@@ -33,8 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpus-per-node", type=int, help="default: the recipe's")
     pl.add_argument("--gpu", default="h100", help="h100 | h200 | a100 | b200 | h100-pcie | h100-nvl (default h100)")
     pl.add_argument("--tokens", type=float, help="token budget, e.g. 200e9: prints steps and GPU-hours")
-    pl.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilisation (default 0.12)")
+    pl.add_argument(
+        "--mfu",
+        type=float,
+        default=None,
+        help="assumed model FLOPs utilisation (default: a published measurement, else 0.12)",
+    )
     pl.add_argument("--tokens-per-gpu-s", type=float, help="assumed throughput instead of --mfu")
+    pl.add_argument("--search", action="store_true", help="rank every layout of the allocation that divides and fits")
+    pl.add_argument("--top", type=int, default=10, help="rows --search prints (default 10)")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     add_launch_arguments(sub.add_parser("launch", help="plan, then train through NeMo-Run (slurm or local)"))
     return ap
@@ -66,7 +73,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         r = recipes.get(args.recipe)
         print(f"{r.nodes} {r.gpus_per_node}")
         return 0
-    data = redact(_build(args).to_dict())
+    from recipes.distill import describe, is_distillation
+
+    cfg = _build(args)
+    data = redact(cfg.to_dict())
+    if is_distillation(cfg):
+        data["distillation"] = describe(cfg)
     if args.format == "json":
         print(json.dumps(data, indent=2, default=str))
     else:
@@ -78,25 +90,55 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     import recipes
-    from recipes.planner import DEFAULT_MFU, plan
+    from recipes.planner import plan
 
     recipe = recipes.get(args.recipe)
+    nodes, gpus = args.nodes or recipe.nodes, args.gpus_per_node or recipe.gpus_per_node
+    if args.search:
+        return _search(args, nodes, gpus)
     p = plan(
         _build(args),
         recipe=args.recipe,
-        nodes=args.nodes or recipe.nodes,
-        gpus_per_node=args.gpus_per_node or recipe.gpus_per_node,
+        nodes=nodes,
+        gpus_per_node=gpus,
         gpu=args.gpu,
         tokens=args.tokens,
-        mfu=args.mfu or DEFAULT_MFU,
+        mfu=args.mfu,
         tokens_per_gpu_s=args.tokens_per_gpu_s,
     )
     if args.json:
-        keys = ("ok", "layout", "violations", "params", "memory_gib", "throughput")
+        keys = ("ok", "layout", "violations", "params", "settings", "memory_gib", "throughput", "throughput_basis")
         print(json.dumps({k: getattr(p, k) for k in keys}, indent=2))
     else:
         print(p.render())
     return 0 if p.ok else 3
+
+
+def _search(args: argparse.Namespace, nodes: int, gpus: int) -> int:
+    """`plan --search`: the ranked table, then the overrides of the best row; 3 when nothing fits."""
+    from recipes.planner import overrides_for, render_search, search
+
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: give at least 1")
+    found = search(_build(args), recipe=args.recipe, nodes=nodes, gpus_per_node=gpus, gpu=args.gpu, top=args.top)
+    if args.json:
+        rows = [
+            {
+                "layout": c.knobs.describe(),
+                "overrides": overrides_for(c.knobs),
+                "tokens_per_gpu_s": c.tokens_per_gpu_s,
+                "memory_gib": c.plan.total_gib,
+                "basis": c.basis,
+                "score": c.score,
+            }
+            for c in found
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render_search(found, recipe=args.recipe, nodes=nodes, gpus_per_node=gpus, gpu=args.gpu))
+        if found:
+            print(f"best as overrides: {' '.join(overrides_for(found[0].knobs))}")
+    return 0 if found else 3
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -303,6 +303,14 @@ def for_cpu(cfg: ConfigContainer) -> ConfigContainer:
     return cfg
 
 
+def with_selective_recompute(cfg: ConfigContainer, *modules: str) -> ConfigContainer:
+    """Recompute only these parts of each layer in the backward pass (e.g. "layernorm", "moe_act":
+    cheap to redo, large to keep); the planner's activation model reads the same two fields."""
+    cfg.model.recompute_granularity = "selective"
+    cfg.model.recompute_modules = list(modules)
+    return cfg
+
+
 def with_fp8_current_scaling(cfg: ConfigContainer) -> ConfigContainer:
     """Hopper FP8 with current (per-tensor, just-in-time) scaling; router padded so the expert
     GEMMs see FP8-aligned token counts (needed for the experts' bias split)."""
@@ -328,9 +336,19 @@ def gpt_oss_20b_pretrain(layout: Layout) -> ConfigContainer:
     return for_gpu_cluster(pretrain_config(GPT_OSS_20B, layout, run="gpt-oss-20b-pretrain"))
 
 
-@gpu_recipe(Layout(tp=2, pp=4, ep=16, sp=True), nodes=8, gpus_per_node=8, what="120b from scratch")
+@gpu_recipe(Layout(pp=4, ep=8), nodes=8, gpus_per_node=8, what="120b from scratch")
 def gpt_oss_120b_pretrain(layout: Layout) -> ConfigContainer:
-    return for_gpu_cluster(pretrain_config(GPT_OSS_120B, layout, run="gpt-oss-120b-pretrain"))
+    """The layout of Megatron-Bridge's tuned H100 perf recipe (TP1 PP4 EP8 with the norms and the
+    experts' activation recomputed: 5,824 tok/s/GPU on 64 H100), not its verification card's TP2 PP4
+    EP16 (1,966 tok/s/GPU): EP16 spans two nodes, so every MoE layer's all-to-all crosses
+    InfiniBand, while EP8 stays on NVLink. Kept from the card: GBS 512 (the perf recipe's 1280 is a
+    throughput choice, ~3% less pipeline bubble, and changes the optimisation) and natural routing
+    with an aux loss (the perf figure forced balanced routing on mock data: expect less). The plan
+    is 71 of 79.6 GiB; the card's layout (model.tensor_model_parallel_size=2 model.sequence_parallel=true
+    model.expert_model_parallel_size=16 model.recompute_granularity=null) plans at 50 GiB."""
+    return with_selective_recompute(
+        for_gpu_cluster(pretrain_config(GPT_OSS_120B, layout, run="gpt-oss-120b-pretrain")), "layernorm", "moe_act"
+    )
 
 
 @gpu_recipe(Layout(tp=2, pp=4, ep=4, sp=True), nodes=2, gpus_per_node=8, what="20b continued pretraining on code (80%) + replay (20%)")
@@ -339,9 +357,12 @@ def gpt_oss_20b_cpt_code(layout: Layout) -> ConfigContainer:
     return for_gpu_cluster(cpt_config(GPT_OSS_20B, layout, run="gpt-oss-20b-cpt-code", gbs=256))
 
 
-@gpu_recipe(Layout(tp=2, pp=4, ep=16, sp=True), nodes=8, gpus_per_node=8, what="120b continued pretraining on code (80%) + replay (20%)")
+@gpu_recipe(Layout(pp=4, ep=8), nodes=8, gpus_per_node=8, what="120b continued pretraining on code (80%) + replay (20%)")
 def gpt_oss_120b_cpt_code(layout: Layout) -> ConfigContainer:
-    return for_gpu_cluster(cpt_config(GPT_OSS_120B, layout, run="gpt-oss-120b-cpt-code", gbs=256))
+    """The layout and recompute of gpt_oss_120b_pretrain (same model, same step): EP8 inside a node."""
+    return with_selective_recompute(
+        for_gpu_cluster(cpt_config(GPT_OSS_120B, layout, run="gpt-oss-120b-cpt-code", gbs=256)), "layernorm", "moe_act"
+    )
 
 
 @gpu_recipe(Layout(ep=8), nodes=1, gpus_per_node=8, what="20b full SFT on packed harmony chats")
@@ -349,14 +370,48 @@ def gpt_oss_20b_sft(layout: Layout) -> ConfigContainer:
     return for_gpu_cluster(sft_config(GPT_OSS_20B, layout, run="gpt-oss-20b-sft"))
 
 
-@gpu_recipe(Layout(pp=4, ep=8), nodes=4, gpus_per_node=8, what="120b full SFT on packed harmony chats")
+@gpu_recipe(Layout(tp=2, pp=4, ep=8, sp=True), nodes=4, gpus_per_node=8, what="120b full SFT on packed harmony chats")
 def gpt_oss_120b_sft(layout: Layout) -> ConfigContainer:
-    cfg = for_gpu_cluster(sft_config(GPT_OSS_120B, layout, run="gpt-oss-120b-sft"))
-    # Megatron-Bridge's 120b verification card ran this layout on 32 H100 with bf16 gradient buffers.
-    # Under EP8 x PP4 each expert lives on one rank (expert DP = 32 / (4 x 8) = 1), so nothing shards
-    # the experts' 3.6B params/GPU of grads and optimizer state: fp32 grads would cost 13.4 GiB vs 6.7
-    # and push the plan to 83 GiB. The distributed optimizer stays on: it still shards the dense part.
-    cfg.ddp.grad_reduce_in_fp32 = False
+    """The layout Megatron-Bridge's 120b verification card trained on 32 H100 (1,016 tok/s/GPU): its
+    recipe's TP1 PP4 EP8 with TP2 + sequence parallel and the experts' activation recomputed, as the
+    card's command overrides. Under EP8 x PP4 each expert lives on one rank (expert DP = 32 / (4 x 8)
+    = 1), so nothing shards the experts' 3.6B params/GPU of fp32 grads and optimizer state; at TP1
+    without recompute the plan is 83 GiB. (Setting ddp.grad_reduce_in_fp32=False would not help on
+    its own: mixed_precision "bf16_mixed" sets it back to True when the bridge sets the run up.)"""
+    return with_selective_recompute(for_gpu_cluster(sft_config(GPT_OSS_120B, layout, run="gpt-oss-120b-sft")), "moe_act")
+
+
+# Long-context SFT (32k tokens a pack): Megatron-Bridge's verified 32k runs, each with the settings of
+# its card. Context parallelism splits every pack over CP ranks (cp_comm_type="a2a", set in _model:
+# the p2p ring refuses learnable sinks), which needs every sequence of a pack to span a multiple of
+# 2*CP tokens: sft_config sets offline_packing_specs.pad_seq_to_mult = 2*CP, with which the bridge's
+# loader reads each sequence's boundaries as padded ones (cu_seqlens_padded). The packs must be
+# written that way (each conversation padded with end-of-text tokens, loss-masked, to len - 1 a
+# multiple of 2*CP, as the bridge's own packer does): `python -m data_prep sft ... --seq-length 32768`
+# writes unpadded packs today (an open item for data_prep).
+
+
+@gpu_recipe(Layout(tp=4, ep=8, cp=2, sp=True), nodes=1, gpus_per_node=8, what="20b full SFT, 32k-token packs")
+def gpt_oss_20b_sft_32k(layout: Layout) -> ConfigContainer:
+    """Megatron-Bridge's 20b 32k card (8 H100, 428 tok/s/GPU): TP4 SP CP2 EP8, full recompute of every
+    layer, unfused cross entropy, 32 packs a step."""
+    cfg = for_gpu_cluster(sft_config(GPT_OSS_20B, layout, run="gpt-oss-20b-sft-32k", seq_length=32768, gbs=32))
+    cfg.model.recompute_granularity = "full"
+    cfg.model.recompute_method = "uniform"
+    cfg.model.recompute_num_layers = 1
+    cfg.model.cross_entropy_loss_fusion = False
+    return cfg
+
+
+@gpu_recipe(Layout(tp=2, pp=6, ep=4, cp=4, sp=True), nodes=6, gpus_per_node=8, what="120b full SFT, 32k-token packs")
+def gpt_oss_120b_sft_32k(layout: Layout) -> ConfigContainer:
+    """Megatron-Bridge's 120b 32k card (48 H100, 112 tok/s/GPU): TP2 SP PP6 CP4 EP4, the experts'
+    activation recomputed, unfused cross entropy and bias-activation, 4 packs a step (the plan is
+    78 of 79.6 GiB: little room to raise the batch per step or drop the recompute)."""
+    cfg = for_gpu_cluster(sft_config(GPT_OSS_120B, layout, run="gpt-oss-120b-sft-32k", seq_length=32768, gbs=4))
+    with_selective_recompute(cfg, "moe_act")
+    cfg.model.cross_entropy_loss_fusion = False
+    cfg.model.bias_activation_fusion = False
     return cfg
 
 

@@ -22,7 +22,10 @@ class OverrideError(ValueError):
 
 def _keys(obj: Any) -> list[str]:
     if dataclasses.is_dataclass(obj):
-        return [f.name for f in dataclasses.fields(obj)]
+        # plus public attributes set on the instance: the class-swapped DistillationProvider's fields
+        # omit its student provider's, and the teacher carries pretrained_checkpoint
+        names = [f.name for f in dataclasses.fields(obj)]
+        return names + [k for k in vars(obj) if not k.startswith("_") and k not in names]
     return [k for k in vars(obj) if not k.startswith("_")] if hasattr(obj, "__dict__") else []
 
 

@@ -100,6 +100,19 @@ def _check_packs(cfg: Any, specs: Any) -> None:
                 f"{path} holds {rows} pack(s), fewer than one global batch ({gbs}): give data_prep sft more "
                 f"{name} conversations (--val-fraction / --val-inputs) or lower train.global_batch_size"
             )
+    # With pad_seq_to_mult > 1 (context parallelism) the bridge reads every sequence's span as padded to
+    # that multiple; data_prep sft --pad-to-multiple records its multiple in the packing metadata
+    # (absent: 1, unpadded). A multiple of the recipe's is as good (every span then divides by it too).
+    need = specs.pad_seq_to_mult or 1
+    meta_path = specs.packed_metadata_path
+    meta = json.loads(Path(meta_path).read_text()) if meta_path and Path(meta_path).exists() else []
+    have = min((int(m.get("pad_seq_to_mult", 1)) for m in meta), default=1)
+    if have % need:
+        raise RunError(
+            f"{specs.packed_train_data_path} was packed with --pad-to-multiple {have}, but this recipe reads sequences "
+            f"padded to a multiple of {need} (pad_seq_to_mult = 2 * context parallel size): re-run "
+            f"`python -m data_prep sft ... --seq-length {specs.packed_sequence_size} --pad-to-multiple {need}`"
+        )
 
 
 def _check_split(cfg: Any, prefix: str) -> None:
@@ -128,6 +141,15 @@ def check_pretrained(cfg: Any) -> None:
         raise RunError(
             f"pretrained checkpoint {path} does not exist: import the HF weights with "
             f"`python -m conversion import --hf HF_DIR --out {path}` or set checkpoint.pretrained_checkpoint"
+        )
+    from recipes.distill import teacher_checkpoint
+
+    teacher = teacher_checkpoint(cfg)  # read on every start, resumed or not: the teacher is never saved
+    if teacher is not None and not has_checkpoint(teacher):
+        raise RunError(
+            f"teacher checkpoint {teacher} holds no Megatron checkpoint: import the teacher's HF weights with "
+            f"`python -m conversion import --hf HF_DIR --out {teacher}`, or point model.teacher.pretrained_checkpoint "
+            f"at a training run's checkpoint directory"
         )
 
 
@@ -302,16 +324,20 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
     )
 
     from megatron.bridge.training.finetune import finetune
-    from megatron.bridge.training.gpt_step import forward_step
+    from megatron.bridge.training.gpt_step import forward_step, forward_step_modelopt
     from megatron.bridge.training.pretrain import pretrain
 
     from megatron_cpu.training import cpu_training
+    from recipes.distill import is_distillation
 
-    # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA
+    # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA.
+    # Distillation's step adds the KD loss (megatron.bridge.training.distill.distill() is pretrain()
+    # with this step; finetune() with it also loads the student's starting weights).
     entry = finetune if cfg.checkpoint.pretrained_checkpoint else pretrain
+    step = forward_step_modelopt if is_distillation(cfg) else forward_step
     with cpu_training():
         try:
-            entry(cfg, forward_step, callbacks=[callback, *(extra_callbacks or [])])
+            entry(cfg, step, callbacks=[callback, *(extra_callbacks or [])])
         except SystemExit as stop:  # the bridge exits by itself at train.exit_interval/duration
             if stop.code not in (0, None):
                 raise

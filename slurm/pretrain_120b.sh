@@ -9,7 +9,7 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
-# gpt-oss-120b pretraining from scratch (TP2 PP4 EP16).
+# gpt-oss-120b pretraining from scratch (PP4 EP8, the recipe says why).
 # Usage: sbatch [--nodes N ...] slurm/pretrain_120b.sh [key=value ...]   (RECIPE=... picks another recipe)
 # shellcheck source=slurm/lib.sh
 source "${KIT_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/lib.sh"

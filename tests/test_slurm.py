@@ -35,7 +35,7 @@ def test_each_training_script_allocates_its_recipes_default():
     import recipes
 
     scripts = [p for p in SCRIPTS if "kit_train" in p.read_text() and p.name != "lib.sh"]
-    assert len(scripts) == 7
+    assert len(scripts) == 8
     for script in scripts:
         text = script.read_text()
         (name,) = re.findall(r'kit_train "\$\{RECIPE:-(\w+)\}"', text)
