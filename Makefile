@@ -26,7 +26,7 @@ test: setup
 	bash scripts/setup_test_tools.sh
 	bash inference/setup_vllm.sh $(VLLM_VENV) || echo "note: vLLM's CPU build did not install: its endpoint tests skip"
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -q -n 2 --dist loadgroup
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 demo: setup
 	bash scripts/demo.sh

@@ -28,6 +28,8 @@ Output, in the packed format of Megatron-Bridge's GPTSFTPackedParquetDataset, un
         As in the bridge's own packer, each sequence keeps all its tokens, counts len-1 against N
         (inputs and labels are shifted by one), and loss_mask[i] says whether label ids[i+1] is trained.
     <N>_metadata.jsonl   the bridge's packing metadata (a JSON list: train, then validation)
+plus <output>/manifest.json: counts, drop reasons with locations, packing efficiency, and the recipe
+overrides that point GPTSFTDatasetConfig at these files.
 
 Context parallelism (--pad-to-multiple M, the recipe's offline_packing_specs.pad_seq_to_mult = 2*CP):
 the bridge's loader then reads each sequence's span as a padded one (cu_seqlens_padded) that must be
@@ -36,8 +38,6 @@ as the bridge's own packer (offline.py tokenize_dataset/_pre_pad_data_point), ea
 padded with eos tokens (<|return|>, the recipes' HF tokenizer's eos and eod), loss mask 0, until
 len - 1 is a multiple of M; packs are filled by these padded lengths, and the metadata entries carry
 "pad_seq_to_mult": M (which recipes/run.py checks against the recipe's). M = 1 writes what it always did.
-plus <output>/manifest.json: counts, drop reasons with locations, packing efficiency, and the recipe
-overrides that point GPTSFTDatasetConfig at these files.
 
 Decontamination (`decontam`, data_prep/decontam.py): a conversation whose messages hold a benchmark
 problem is dropped ("decontaminated"). The CLI turns it on against HumanEval for teacher data (inputs

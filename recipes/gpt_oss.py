@@ -385,10 +385,10 @@ def gpt_oss_120b_sft(layout: Layout) -> ConfigContainer:
 # its card. Context parallelism splits every pack over CP ranks (cp_comm_type="a2a", set in _model:
 # the p2p ring refuses learnable sinks), which needs every sequence of a pack to span a multiple of
 # 2*CP tokens: sft_config sets offline_packing_specs.pad_seq_to_mult = 2*CP, with which the bridge's
-# loader reads each sequence's boundaries as padded ones (cu_seqlens_padded). The packs must be
-# written that way (each conversation padded with end-of-text tokens, loss-masked, to len - 1 a
-# multiple of 2*CP, as the bridge's own packer does): `python -m data_prep sft ... --seq-length 32768`
-# writes unpadded packs today (an open item for data_prep).
+# loader reads each sequence's boundaries as padded ones (cu_seqlens_padded). `python -m data_prep sft
+# ... --pad-to-multiple 2*CP` writes the packs that way (each conversation padded with the tokenizer's
+# eod, <|return|>, loss-masked, until len - 1 is a multiple, as the bridge's own packer does), and
+# `recipes run` refuses packs padded to another multiple.
 
 
 @gpu_recipe(Layout(tp=4, ep=8, cp=2, sp=True), nodes=1, gpus_per_node=8, what="20b full SFT, 32k-token packs")

@@ -98,6 +98,7 @@ def _megatron_count(recipe: str) -> int:
         expert_model_parallel_size=1,
         sequence_parallel=False,
         moe_token_dispatcher_type="allgather",
+        recompute_granularity=None,  # selective moe_act recompute needs grouped GEMM; no parameters
         params_dtype=torch.float32,
         bf16=False,
     ).items():
@@ -115,17 +116,13 @@ def _megatron_count(recipe: str) -> int:
 
 @pytest.fixture(scope="module")
 def model_parallel():
-    import torch.distributed as dist
+    """One process, TP=PP=EP=1 (re-initialized: another test file on this worker may have set its own)."""
+    from megatron_cpu.model import init_process_groups
 
-    from megatron_cpu.compat import import_bridge
-
-    import_bridge()
+    init_process_groups(1, 1, 1)
+    yield
     from megatron.core import parallel_state
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # no TCP port to race for
-    parallel_state.initialize_model_parallel(1, 1)
-    yield
     parallel_state.destroy_model_parallel()
 
 

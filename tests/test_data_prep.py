@@ -302,14 +302,16 @@ def test_resume_after_kill_is_byte_identical(built, corpus, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     # of 7 units (2 parquet row groups, 5 JSONL files), then after the output was written but not
     # the manifest
-    for abort_after in ("process:3", "process:2", "merge:1"):
+    # (the second kill takes one more unit, not two: on a loaded machine the first run's workers may
+    # finish several units while it is being torn down, and a kill hook that never fires proves nothing)
+    for abort_after in ("process:3", "process:1", "merge:1"):
         r = subprocess.run(cmd, cwd=REPO, env={**env, pretrain.ABORT_ENV: abort_after}, capture_output=True, text=True)
         assert r.returncode == 75, r.stderr[-2000:]
         assert not (out / "manifest.json").exists()
         assert (out / "text_document.bin").exists() == (abort_after == "merge:1")
         assert (out / ".work" / "plan.json").exists()
         done = len(list((out / ".work" / "units").glob("u*.json")))
-        assert done >= {"process:3": 3, "process:2": 5, "merge:1": 7}[abort_after]  # a second worker may finish one more
+        assert done >= {"process:3": 3, "process:1": 4, "merge:1": 7}[abort_after]  # workers may finish more
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming" in r.stderr

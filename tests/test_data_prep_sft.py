@@ -128,16 +128,22 @@ def test_pack_best_fit():
         sft.pack([11], 10)
 
 
+def varied_conversations(n: int, seed: int) -> list[str]:
+    """n JSONL lines: CONVERSATIONS in turn, each user turn lengthened by 1-59 random words (varied lengths to pack)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        conv = json.loads(json.dumps(CONVERSATIONS[i % len(CONVERSATIONS)]))
+        conv[0]["content"] += " " + " ".join(f"w{int(x)}" for x in rng.integers(0, 1000, size=int(rng.integers(1, 60))))
+        lines.append(json.dumps({"messages": conv}))
+    return lines
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     src = root / "chat.jsonl"
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(120):
-        conv = json.loads(json.dumps(CONVERSATIONS[i % len(CONVERSATIONS)]))
-        conv[0]["content"] += " " + " ".join(f"w{int(x)}" for x in rng.integers(0, 1000, size=int(rng.integers(1, 60))))
-        lines.append(json.dumps({"messages": conv}))
+    lines = varied_conversations(120, seed=0)
     lines.insert(5, "{not json")
     lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no answer"}]}))
     lines.insert(

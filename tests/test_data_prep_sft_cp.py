@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_data_prep_sft import CONVERSATIONS
+from test_data_prep_sft import varied_conversations
 
 from data_prep import sft
 from data_prep.__main__ import main as data_prep_main
@@ -27,12 +26,7 @@ def data(tmp_path_factory):
     """The same 120 harmony conversations packed twice: by default, and through the CLI with --pad-to-multiple 4."""
     root = tmp_path_factory.mktemp("sft_cp")
     src = root / "chat.jsonl"
-    rng = np.random.default_rng(1)
-    lines = []
-    for i in range(120):
-        conv = json.loads(json.dumps(CONVERSATIONS[i % len(CONVERSATIONS)]))
-        conv[0]["content"] += " " + " ".join(f"w{int(x)}" for x in rng.integers(0, 1000, size=int(rng.integers(1, 60))))
-        lines.append(json.dumps({"messages": conv}))
+    lines = varied_conversations(120, seed=1)
     src.write_text("\n".join(lines) + "\n")
     plain = sft.run(sft.SFTConfig(inputs=[str(src)], output=root / "plain", seq_length=SEQ), log=lambda s: None)
     argv = ["sft", str(src), "-o", str(root / "cp"), "--seq-length", str(SEQ), "--val-fraction", "0"]

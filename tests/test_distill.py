@@ -77,6 +77,14 @@ def lm_only(ws):
     return ws / "checkpoints" / "lm"
 
 
+@pytest.fixture(scope="module")
+def distilled_hf(distilled, tmp_path_factory):
+    """The distilled run exported to HF bf16 (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("kd-export") / "bf16"
+    _conversion("export", "--megatron", str(distilled), "--out", str(out))
+    return out
+
+
 def test_metrics_log_both_losses_and_the_kd_loss_falls(ws, distilled):
     rows = metrics(ws, "kd")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
@@ -110,12 +118,11 @@ def _kl_to_teacher(student_hf: Path, teacher_hf: Path) -> float:
     return total / n
 
 
-def test_distilled_student_is_closer_to_the_teacher(ws, distilled, lm_only, tmp_path):
+def test_distilled_student_is_closer_to_the_teacher(ws, distilled_hf, lm_only, tmp_path):
     teacher = ws / "models" / "gpt-oss-tiny-teacher" / "hf"
-    for ckpt in (distilled, lm_only):
-        _conversion("export", "--megatron", str(ckpt), "--out", str(tmp_path / ckpt.name))
+    _conversion("export", "--megatron", str(lm_only), "--out", str(tmp_path / "lm"))
     start = _kl_to_teacher(ws / "models" / "gpt-oss-tiny" / "hf", teacher)
-    kd, lm = _kl_to_teacher(tmp_path / "kd", teacher), _kl_to_teacher(tmp_path / "lm", teacher)
+    kd, lm = _kl_to_teacher(distilled_hf, teacher), _kl_to_teacher(tmp_path / "lm", teacher)
     assert kd < 0.9 * start and kd < 0.9 * lm, dict(start=start, distilled=kd, lm_only=lm)
 
 
@@ -132,7 +139,7 @@ def test_resume_continues_the_same_kd_curve(ws, distilled):
         assert [r[key] for r in resumed] == [r[key] for r in reference], f"{key}: bit-exact in fp32 on CPU"
 
 
-def test_export_keeps_the_students_config_and_names(ws, distilled, tmp_path):
+def test_export_keeps_the_students_config_and_names(ws, distilled, distilled_hf, tmp_path):
     """bf16 and MXFP4 exports of the distilled run: the student's config (YaRN fields, layer types)
     and tensor names, none of the teacher's; both read back as the checkpoint (validate)."""
     from safetensors import safe_open
@@ -140,16 +147,15 @@ def test_export_keeps_the_students_config_and_names(ws, distilled, tmp_path):
     student_hf = ws / "models" / "gpt-oss-tiny" / "hf"
     want = json.loads((distilled / "hf" / "config.json").read_text())  # written from the student's arch
     assert arch_from_hf_config(want) == TINY
-    for dtype in ("bf16", "mxfp4"):
-        out = tmp_path / dtype
-        _conversion("export", "--megatron", str(distilled), "--out", str(out), "--dtype", dtype)
+    _conversion("export", "--megatron", str(distilled), "--out", str(tmp_path / "mxfp4"), "--dtype", "mxfp4")
+    for out in (distilled_hf, tmp_path / "mxfp4"):
         got = json.loads((out / "config.json").read_text())
         for key in ("rope_scaling", "layer_types", "sliding_window", "num_hidden_layers", "hidden_size", "num_local_experts"):
             assert got[key] == want[key], key
         assert got["rope_scaling"]["rope_type"] == "yarn" and got["rope_scaling"]["factor"] == TINY.yarn_factor
         assert arch_from_hf_config(got) == TINY
     names = set()
-    for f in (tmp_path / "bf16").glob("*.safetensors"):
+    for f in distilled_hf.glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
             names |= set(st.keys())
     release = set()
@@ -159,7 +165,7 @@ def test_export_keeps_the_students_config_and_names(ws, distilled, tmp_path):
     assert names == release, sorted(names ^ release)[:10]
     from conversion import validate
 
-    report = validate.validate(tmp_path / "bf16", distilled, logits=True)
+    report = validate.validate(distilled_hf, distilled, logits=True)
     assert report.ok, report.text()
 
 

@@ -87,7 +87,7 @@ def output(ws: Path, job: int) -> str:
 ONE_CPU = ("--nodes=1", "--gpus-per-node=1", "--ntasks-per-node=1")
 
 
-ITERS = 10
+ITERS = 8
 
 
 @pytest.fixture(scope="module")
