@@ -185,6 +185,11 @@ def build_prompts(
     out = Path(cfg.output)
     if not out.name.endswith(".jsonl"):
         raise ValueError(f"--output {out}: name it *.jsonl (what `inference generate --prompts-file` reads as JSONL)")
+    if out.exists() and read_manifest_beside(out, PROMPTS_KIND) is None:
+        raise ValueError(
+            f"--output {out} exists and was not written by `data_prep prompts` (no {generation_manifest_path(out).name} "
+            "beside it): choose another path, or move the file away yourself"
+        )
     drops = DropStats()
     seen: set[str] = set()
     files = 0
@@ -203,9 +208,9 @@ def build_prompts(
             f.write(json.dumps({"id": pid, "prompt": prompt, "source": loc, "lang": lang, "style": cfg.style}) + "\n")
             if cfg.limit is not None and len(seen) >= cfg.limit:
                 break
-    if not seen:
-        out.unlink(missing_ok=True)
-        raise RuntimeError(f"no prompt came out of {files} usable file(s) ({dump_json(drops.to_dict()).strip()})")
+        if not seen:  # inside the block: the temporary file goes, an earlier output stays as it was
+            reasons = ", ".join(f"{v['docs']} {k}" for k, v in drops.to_dict().items()) or "no input records"
+            raise RuntimeError(f"no prompt came out of {files} usable file(s) (dropped: {reasons})")
     manifest = {
         "kind": PROMPTS_KIND,
         "style": cfg.style,

@@ -151,6 +151,28 @@ def check_pretrained(cfg: Any) -> None:
             f"`python -m conversion import --hf HF_DIR --out {teacher}`, or point model.teacher.pretrained_checkpoint "
             f"at a training run's checkpoint directory"
         )
+    if teacher is not None:
+        _check_teacher_arch(cfg, teacher)
+
+
+def _check_teacher_arch(cfg: Any, teacher: str) -> None:
+    """The teacher checkpoint holds the architecture the recipe builds the teacher with (its sidecar,
+    written by import and by training runs); otherwise loading would fail only after start-up."""
+    from conversion.megatron_io import ConversionError, read_sidecar
+    from gptoss.arch import GptOssArch, arch_from_hf_config
+
+    try:
+        config, _ = read_sidecar(teacher)
+    except ConversionError:
+        return  # a checkpoint without the kit's sidecar: the loader is the judge
+    got, want = arch_from_hf_config(config), GptOssArch.from_provider(cfg.model.teacher)
+    fields = ("num_layers", "hidden_size", "num_experts", "expert_ffn_hidden_size", "num_attention_heads", "vocab_size")
+    diff = [f"{f} {getattr(got, f)} (recipe: {getattr(want, f)})" for f in fields if getattr(got, f) != getattr(want, f)]
+    if diff:
+        raise RunError(
+            f"teacher checkpoint {teacher} is not the recipe's teacher: {', '.join(diff)}: point "
+            f"model.teacher.pretrained_checkpoint at a gpt-oss-{want.name} checkpoint, or use the recipe made for that teacher"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -198,3 +198,9 @@ def test_a_missing_teacher_is_refused_before_training(tmp_path, monkeypatch, cap
     teacher = tmp_path / "models" / "gpt-oss-tiny-teacher" / "megatron"
     assert err.startswith(f"error: teacher checkpoint {teacher} holds no Megatron checkpoint") and "\n" not in err
     assert "python -m conversion import" in err
+    # a checkpoint of another architecture (the student's) where the teacher should be
+    _conversion("random", "--size", "tiny", "--out", str(tmp_path / "tiny-hf"))
+    _conversion("import", "--hf", str(tmp_path / "tiny-hf"), "--out", str(teacher))
+    assert run("gpt_oss_tiny_distill_code", []) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: teacher checkpoint {teacher} is not the recipe's teacher: num_layers 2 (recipe: 4)"), err

@@ -107,6 +107,17 @@ def test_prompts_from_the_corpus(tmp_path):
         data_prep("prompts", str(extra), "-o", str(tmp_path / "x.jsonl"), "--style", "docstring", "--limit", "0") == 2
     )
 
+    # a rerun that yields no prompt keeps the earlier output; a file the kit did not write is refused, untouched
+    before = out.read_bytes()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"content": "x = 1\n", "lang": "Python"}) + "\n")
+    assert data_prep("prompts", str(empty), "-o", str(out), "--style", "docstring") == 2
+    assert out.read_bytes() == before
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("my notes\n")
+    assert data_prep("prompts", str(extra), "-o", str(mine)) == 2
+    assert mine.read_text() == "my notes\n"
+
 
 def _generate(teacher: str, prompts: Path, out: Path, *extra: str) -> list[str]:
     return ["generate", teacher, "--prompts-file", str(prompts), "--out", str(out), "--device", "cpu", *extra]
