@@ -1,21 +1,28 @@
-"""Inside the sandbox: finish isolating this process, then exec the untrusted program.
+"""Inside the sandbox: build the program's own root file system, enter it, then exec the program.
 
-Run by inference.sandbox as `python -I _sandbox_boot.py SPEC_JSON`, already inside fresh mount,
+Run by inference.sandbox as `python -I -S _sandbox_boot.py SPEC_JSON`, already inside fresh mount,
 network and PID namespaces (util-linux `unshare`); this process is PID 1 there, so when it (or
 what it execs) exits, the kernel kills every process left in the namespace. Standard library only:
 it must not import the kit (it runs before anything is isolated, and must start fast).
 
 Steps, in this order (each one closes a hole the next one relies on):
 1. mounts private, so nothing below leaks back to the host;
-2. if we will drop to an unprivileged uid (root strategy): directories on the interpreter's path
-   that uid cannot traverse (/root for a pyenv Python) are covered by a tmpfs that holds only the
-   interpreter, which also hides the rest of root's home (keys, tokens) from the program;
-   files the harness names (the problem file with its tests and solutions) are covered by an empty one;
-3. every mount read-only (one recursive mount_setattr, Linux >= 5.12; else one remount per mount);
-4. a fresh size-limited tmpfs on the work directory: the only writable place, gone with the namespace;
-5. resource limits, then privileges dropped for good: setuid(nobody) as root, or, in a user
+2. a new, empty root (a small tmpfs) holding only what the harness lists in the spec's `view`
+   (inference.sandbox.View): the system's programs and libraries (/usr, read-only), the interpreter
+   and its standard library, a few /etc files the dynamic loader and toolchains read, device files
+   such as /dev/null, the /proc of this PID namespace; Python's package directories and anything
+   the harness names (problem files, the user's directories should they lie inside a bound path)
+   covered by something empty;
+3. every mount of that root read-only (one recursive mount_setattr, Linux >= 5.12; else one
+   remount per mount: the legacy path, same view);
+4. a fresh size-limited tmpfs as the program's working directory (/sandbox, also seen as /tmp):
+   the only writable place, gone with the namespace;
+5. pivot_root into the new root and detach the old one: the host's file system (its /tmp, /home,
+   /root, the checkout, the venv, $WORKSPACE) is no longer reachable by any path;
+6. resource limits, then privileges dropped for good: setuid(nobody) as root, or, in a user
    namespace, an empty capability bounding set + SECBIT_NOROOT; no_new_privs in both cases;
-6. exec the program.
+7. exec the program with an environment of a few fixed variables (never the caller's).
+Any step that fails stops the sample with "sandbox setup: ..." on stderr before the program runs.
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 32, 1024, 2048, 4096, 8192, 16384
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (unified syscall table)
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # not unified
+MNT_DETACH = 2
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 24, 28, 38
 SECBIT_NOROOT, SECBIT_NOROOT_LOCKED = 1, 2
 
@@ -73,10 +83,13 @@ def _mount_points() -> list[tuple[str, str]]:
     return out
 
 
-def _all_read_only(legacy: bool) -> None:
+def _all_read_only(root: str, legacy: bool) -> None:
+    """Every mount at or below `root` read-only."""
     if not legacy:
         attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-        ret = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr))
+        ret = libc.syscall(
+            SYS_MOUNT_SETATTR, AT_FDCWD, root.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+        )
         if ret == 0:
             return
         if ctypes.get_errno() != 38:  # ENOSYS: kernel older than 5.12, use the per-mount path
@@ -85,65 +98,73 @@ def _all_read_only(legacy: bool) -> None:
     keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
             "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}  # fmt: skip
     for target, opts in _mount_points():
+        if target != root and not target.startswith(root + "/"):
+            continue  # the old root: detached at pivot_root, never reachable
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
         for opt in opts.split(","):
             flags |= keep.get(opt, 0)
         if libc.mount(None, target.encode(), None, flags, None) != 0:
-            # /proc and /sys hold kernel files whose writes are checked by permission, not by the
-            # mount flag; anything else that stays writable is a hole: fail closed.
-            if not (target in ("/proc", "/sys") or target.startswith(("/proc/", "/sys/"))):
-                _check(-1, f"remount {target} read-only")
+            # /proc holds kernel files whose writes are checked by permission, not by the mount
+            # flag; anything else that stays writable is a hole: fail closed.
+            inner = target[len(root) :]
+            if not (inner == "/proc" or inner.startswith("/proc/")):
+                _check(-1, f"remount {inner or '/'} read-only")
 
 
-def _blocked_ancestor(path: str, uid: int) -> str | None:
-    """The top-most directory above `path` that `uid` cannot traverse (None if all can be)."""
-    parts = os.path.realpath(path).split("/")[1:]
-    cur = ""
-    for part in parts[:-1]:
-        cur += "/" + part
-        st = os.stat(cur)
-        ok = st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100)
-        if not ok:
-            return cur
-    return None
+def _make_point(path: str, is_dir: bool) -> None:
+    """A mount point inside the new root: a directory, or an empty file for a file to bind."""
+    if is_dir:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o444))
 
 
-def _expose(paths: list[str], uid: int, stage_root: str) -> None:
-    """Make `paths` reachable for `uid` by covering their blocked ancestors with a tmpfs that
-    contains only bind mounts of those paths (at the same locations)."""
-    blocked: dict[str, list[str]] = {}
-    for p in sorted({os.path.realpath(p) for p in paths}):
-        a = _blocked_ancestor(os.path.join(p, "x"), uid)
-        if a is not None and not any(p.startswith(q + "/") for q in blocked.get(a, [])):
-            blocked.setdefault(a, []).append(p)
-    n = 0
-    for ancestor, inner in blocked.items():
-        staged = []
-        for p in inner:
-            stage = os.path.join(stage_root, f"stage{n}")
-            n += 1
-            os.mkdir(stage)
-            _mount(p, stage, None, MS_BIND | MS_REC)
-            staged.append((stage, p))
-        _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-        for stage, p in staged:
-            os.makedirs(p, exist_ok=True)
-            _mount(stage, p, None, MS_MOVE)
+def _build_root(root: str, view: dict) -> None:
+    """The program's whole file system, under `root` (a fresh tmpfs); see inference.sandbox.View."""
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
+    for path, target in view["links"]:  # merged /usr: /bin -> usr/bin, ...
+        os.makedirs(os.path.dirname(root + path), mode=0o755, exist_ok=True)
+        os.symlink(target, root + path)
+    for src in view["binds"]:
+        dst = root + src
+        is_dir = os.path.isdir(src)
+        _make_point(dst, is_dir)
+        _mount(src, dst, None, MS_BIND | MS_REC)
+    for name in view["devices"]:  # character devices of the host's /dev (null, zero, urandom...)
+        _make_point(f"{root}/dev/{name}", False)
+        _mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, f"{root}/dev/{name}")
+    _make_point(root + "/proc", True)
+    _mount("/proc", root + "/proc", None, MS_BIND | MS_REC)  # this PID namespace's (unshare --mount-proc)
+    for path, text in view["files"]:  # /etc/passwd and the like, written for the sandbox
+        os.makedirs(os.path.dirname(root + path), mode=0o755, exist_ok=True)
+        with open(root + path, "w") as f:
+            f.write(text)
+    empty = root + "/dev/.empty"  # what covers a masked file
+    for path in view["masks"]:  # inside a bound path, not to be seen: covered by something empty
+        if os.path.isdir(root + path):
+            _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0555,size=4k")
+        elif os.path.lexists(root + path):
+            _make_point(empty, False)
+            _mount(empty, root + path, None, MS_BIND)
+    for path in (view["work"], "/tmp"):
+        _make_point(root + path, True)
 
 
-def _hide(paths: list[str], stage_root: str) -> None:
-    """Cover each path with something empty (the problem file: the tests and canonical solutions
-    must not be readable by the sample): a file with an empty file, a directory with a tmpfs."""
-    if not paths:
-        return
-    empty = os.path.join(stage_root, "empty")
-    open(empty, "w").close()
-    os.chmod(empty, 0o444)
-    for p in paths:
-        if os.path.isdir(p):
-            _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0555,size=4k")
-        else:
-            _mount(empty, p, None, MS_BIND)
+def _pivot(root: str) -> None:
+    """Make `root` the root of this mount namespace and detach the old one (pivot_root(".", "."):
+    the old root ends up stacked on the new one, and a lazy unmount of "." removes it)."""
+    nr = PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(f"sandbox setup: pivot_root: no system call number known for {os.uname().machine}")
+    os.chdir(root)
+    _check(libc.syscall(nr, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detach the old root")
+    os.chdir("/")
 
 
 def _drop_capabilities() -> None:
@@ -157,22 +178,26 @@ def _drop_capabilities() -> None:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    work, lim = spec["work"], spec["limits"]
-    program = open(os.path.join(work, "main.py"), "rb").read()
+    lim = spec["limits"]
+    program = open(spec["program"], "rb").read()
     drop_to = spec.get("drop_to_uid")  # root strategy: become this uid; else a user namespace
 
     if spec["isolate"]:
+        root, work = spec["root"], spec["view"]["work"]
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        if drop_to is not None:
-            _expose([spec["python_prefix"], spec["python_base_prefix"]], drop_to, spec["stage"])
-        _hide(spec.get("hide", []), spec["stage"])
-        _all_read_only(spec.get("legacy_remount", False))
-        _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={lim['disk_bytes']}")
-        with open(os.path.join(work, "main.py"), "wb") as f:
+        _build_root(root, spec["view"])
+        _all_read_only(root, spec.get("legacy_remount", False))
+        _mount("tmpfs", root + work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={lim['disk_bytes']}")
+        _mount(root + work, root + "/tmp", None, MS_BIND)  # programs that write to /tmp regardless
+        with open(root + work + "/main.py", "wb") as f:
             f.write(program)
         if drop_to is not None:
-            os.chown(work, drop_to, drop_to)
-            os.chown(os.path.join(work, "main.py"), drop_to, drop_to)
+            os.chown(root + work, drop_to, drop_to)
+            os.chown(root + work + "/main.py", drop_to, drop_to)
+        _pivot(root)
+        python = spec["view"]["python"]
+    else:  # rlimits: the host's directory (main.py is there), no isolation: opt-in, trusted code only
+        work, python = spec["work"], spec["python"]
     os.chdir(work)
 
     def limit(kind: int, value: int) -> None:
@@ -196,8 +221,13 @@ def main() -> None:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
            "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
     flags = ["-I", "-B"] if spec.get("site", True) else ["-I", "-S", "-B"]  # -S: the program sets sys.path itself
-    os.execve(spec["python"], [spec["python"], *flags, "main.py"], env)
+    os.execve(python, [python, *flags, "main.py"], env)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:  # the root could not be built: one line, and the program never runs
+        msg = str(e) if str(e).startswith("sandbox setup") else f"sandbox setup: {e}"
+        os.write(2, (msg.splitlines()[0] + "\n").encode(errors="replace"))
+        os._exit(125)

