@@ -114,7 +114,8 @@ def _prompts_args(sub) -> None:
     p.add_argument("inputs", nargs="+", help="files, globs or directories (.jsonl[.gz|.zst], .parquet), e.g. The Stack")
     p.add_argument("--output", "-o", required=True, help="prompts file, e.g. $WORKSPACE/data/teacher/prompts.jsonl")
     p.add_argument("--style", choices=STYLES, default="head",
-                   help="head: a file's first --lines lines; docstring: a Python function up to its docstring")  # fmt: skip
+                   help="head: a file's first --lines lines; docstring: a Python function up to its docstring; "
+                        "oss-instruct: Magicoder's prompt around a random 1-15 line seed")  # fmt: skip
     p.add_argument("--lines", type=int, default=20, help="head: lines per prompt (default 20)")
     p.add_argument("--limit", type=int, help="at most this many prompts (default: one per usable file)")
     p.add_argument("--text-key", default="content", help="column/field holding the file's text (The Stack: content)")

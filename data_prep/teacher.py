@@ -7,15 +7,22 @@ generate`, and the rows of that run read by `data_prep pretrain` (the `content` 
 completion as code) or `data_prep sft` (the `messages` field: prompt as user, completion as
 assistant).
 
-`python -m data_prep prompts INPUTS -o prompts.jsonl --style head|docstring` reads The Stack's
-parquet/JSONL with the same readers, filters and decontamination as `pretrain`, and writes one
-prompt per source file:
+`python -m data_prep prompts INPUTS -o prompts.jsonl --style head|docstring|oss-instruct` reads The
+Stack's parquet/JSONL with the same readers, filters and decontamination as `pretrain`, and writes
+one prompt per source file:
 - head: the file's first `--lines` lines; the teacher continues the file;
 - docstring: the first top-level Python function with a docstring, cut after the docstring (with
-  the file's imports before it), HumanEval's prompt shape; the teacher writes the body.
-Rows: {"id", "prompt", "source", "lang", "style"}; `id` is a hash of the prompt (the same prompt
-from two files is written once). Files holding benchmark problems (HumanEval by default) give no
-prompt.
+  the file's imports before it), HumanEval's prompt shape; the teacher writes the body;
+- oss-instruct: Magicoder's OSS-Instruct (Wei et al., 2023, section 2.1 and figure 4): a seed of 1
+  to 15 consecutive lines taken at random from the file (seeded by the file's text, so a rerun
+  picks the same), inside the paper's prompt; an instruction-following teacher (chat mode, or a
+  served model) writes a "[Problem Description]" and its "[Solution]". `inference generate` then
+  writes each row's problem as the user's message and the solution as the assistant's answer
+  (`oss_instruct_pair`), Magicoder's training pairs; a completion without both sections keeps no
+  `messages` or `content`, so data_prep drops it and counts it (`missing_messages`).
+Rows: {"id", "prompt", "source", "lang", "style"} (+ "seed" for oss-instruct); `id` is a hash of
+the prompt (the same prompt from two files is written once). Files holding benchmark problems
+(HumanEval by default) give no prompt.
 
 The generate run writes its manifest beside its output (`generation_manifest_path`): the teacher,
 the sampling settings, the prompts file and its checksum. `pretrain` and `sft` recognize such
@@ -36,7 +43,22 @@ from typing import Any
 
 from data_prep.util import DropStats, dump_json, sha256_file
 
-STYLES = ("head", "docstring")
+STYLES = ("head", "docstring", "oss-instruct")
+# Magicoder's prompt, verbatim but for the language tag of the fence (the paper's figure 4; the
+# system sentence leads the user text, as in its StarCoder2 template, so any teacher reads it).
+OSS_INSTRUCT_TEMPLATE = (
+    "You are exceptionally skilled at crafting high-quality programming problems and offering precise solutions.\n"
+    "Please gain inspiration from the following random code snippet to create a high-quality programming problem. "
+    "Present your output in two distinct sections: [Problem Description] and [Solution].\n\n"
+    "Code snippet for inspiration:\n```{lang}\n{seed}\n```\n\n"
+    "Guidelines for each section:\n"
+    "1. [Problem Description]: This should be **completely self-contained**, providing all the contextual information "
+    "one needs to understand and solve the problem. Assume common programming knowledge, but ensure that any specific "
+    "context, variables, or code snippets pertinent to this problem are explicitly included.\n"
+    "2. [Solution]: Offer a comprehensive, **correct** solution that accurately addresses the [Problem Description] "
+    "you provided."
+)
+OSS_INSTRUCT_MAX_LINES = 15  # seeds of 1 to 15 consecutive lines (Magicoder, section 2.1)
 MANIFEST_SUFFIX = ".manifest.json"  # <file>.manifest.json beside a prompts file or a generate output
 GENERATE_KIND = "inference-generate"
 PROMPTS_KIND = "data_prep-prompts"
@@ -145,6 +167,42 @@ def docstring_prompt(text: str) -> str | None:
     return None
 
 
+def oss_instruct_seed(text: str) -> str | None:
+    """1 to 15 consecutive lines of `text`, chosen at random but reproducibly (seeded by the text);
+    None when the file has no line with code on it."""
+    import random
+
+    lines = text.splitlines()
+    rng = random.Random(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    for _ in range(8):  # a seed of blank lines only is no inspiration: draw again
+        n = rng.randint(1, min(OSS_INSTRUCT_MAX_LINES, len(lines) or 1))
+        start = rng.randint(0, max(len(lines) - n, 0))
+        seed = "\n".join(lines[start : start + n])
+        if seed.strip():
+            return seed
+    return None
+
+
+def oss_instruct_prompt(seed: str, lang: str) -> str:
+    return OSS_INSTRUCT_TEMPLATE.format(lang=lang.lower().replace(" ", ""), seed=seed)
+
+
+def oss_instruct_pair(answer: str) -> tuple[str, str] | None:
+    """(problem, solution) from a teacher's answer to an OSS-Instruct prompt: the texts after its
+    "[Problem Description]" and "[Solution]" headings (with or without a colon, markdown heading or
+    bold marks), or None if either is missing or empty."""
+    import re
+
+    def heading(name: str) -> re.Match | None:  # at a line start, after any "#", "*" or blanks
+        return re.search(rf"^[#*\t ]*\[{name}\][*:]*[\t ]*", answer, re.M)
+
+    p, s = heading("Problem Description"), heading("Solution")
+    if p is None or s is None or s.start() < p.end():
+        return None
+    problem, solution = answer[p.end() : s.start()].strip(), answer[s.end() :].strip()
+    return (problem, solution) if problem and solution else None
+
+
 def _records(cfg: PromptsConfig, drops: DropStats) -> Iterator[tuple[str, str, str]]:
     """(location, language, text) of every corpus file that passes the filters and decontamination."""
     from data_prep.decontam import DecontamConfig, Matcher
@@ -196,16 +254,24 @@ def build_prompts(
     with atomic_file(out) as tmp, tmp.open("w") as f:
         for loc, lang, text in _records(cfg, drops):
             files += 1
-            prompt = head_prompt(text, cfg.lines) if cfg.style == "head" else docstring_prompt(text)
+            extra = {}
+            if cfg.style == "oss-instruct":
+                seed = oss_instruct_seed(text)
+                prompt = None if seed is None else oss_instruct_prompt(seed, lang)
+                extra = {"seed": seed}
+            else:
+                prompt = head_prompt(text, cfg.lines) if cfg.style == "head" else docstring_prompt(text)
             if prompt is None:
-                drops.add("too_short" if cfg.style == "head" else "no_docstring_function", len(text), loc)
+                reason = {"head": "too_short", "docstring": "no_docstring_function", "oss-instruct": "blank_file"}
+                drops.add(reason[cfg.style], len(text), loc)
                 continue
             pid = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
             if pid in seen:
                 drops.add("duplicate_prompt", len(prompt), loc)
                 continue
             seen.add(pid)
-            f.write(json.dumps({"id": pid, "prompt": prompt, "source": loc, "lang": lang, "style": cfg.style}) + "\n")
+            row = {"id": pid, "prompt": prompt, "source": loc, "lang": lang, "style": cfg.style, **extra}
+            f.write(json.dumps(row) + "\n")
             if cfg.limit is not None and len(seen) >= cfg.limit:
                 break
         if not seen:  # inside the block: the temporary file goes, an earlier output stays as it was

@@ -233,7 +233,7 @@ def read_prompt_rows(path: str) -> list[dict]:
     return out
 
 
-PROMPT_META = ("source", "lang", "style")  # prompt fields copied into the generated rows
+PROMPT_META = ("source", "lang", "style", "seed")  # prompt fields copied into the generated rows
 
 
 def read_prompts(path: str) -> list:
@@ -299,6 +299,17 @@ def _generation_row(args: argparse.Namespace, prompt_row: dict, key: str, sample
     else:
         rec["content"] = p + g.text
         rec["messages"] = [{"role": "user", "content": p}, {"role": "assistant", "content": g.text}]
+    if prompt_row.get("style") == "oss-instruct":  # Magicoder's pairs: the problem asks, the solution answers
+        from data_prep.teacher import oss_instruct_pair
+
+        pair = oss_instruct_pair(rec.get("final", g.text))
+        del rec["messages"]
+        rec.pop("content", None)
+        if pair is None:  # data_prep drops and counts the row (missing_messages / missing text)
+            rec["dropped"] = "no [Problem Description] and [Solution] sections in the completion"
+        else:
+            rec["messages"] = [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+            rec["content"] = f"{pair[0]}\n\n{pair[1]}\n"
     rec["command"] = command
     return rec
 

@@ -233,3 +233,70 @@ def test_teacher_data_trains_the_student(teacher, tmp_path_factory, capsys):
     rows = metrics(ws, "gpt-oss-tiny-sft")
     assert [r["step"] for r in rows] == [1, 2] and all(0 < r["lm loss"] < 20 for r in rows)
     assert "successfully loaded checkpoint from" in tuned.stdout + tuned.stderr
+
+
+def test_oss_instruct_prompts_and_training_pairs(teacher, tmp_path):
+    """--style oss-instruct (Magicoder): a 1-15 line seed of each file in the paper's prompt, the same
+    on a rerun; the teacher's answer becomes a (problem -> solution) conversation that data_prep sft
+    packs, and an answer without both sections is dropped and counted. The tiny random teacher
+    cannot write sections, so its rows show the dropped path for real; the kept path is shown on
+    two written answers (`_generation_row` is what `generate --out` writes per completion)."""
+    from types import SimpleNamespace
+
+    from data_prep.teacher import OSS_INSTRUCT_MAX_LINES, oss_instruct_prompt
+    from inference.__main__ import _generation_row
+    from inference.__main__ import main as inference_main
+
+    corpus = write_corpus(tmp_path / "stack")
+    extra = tmp_path / "stack" / "part-2.jsonl"
+    extra.write_text(json.dumps(humaneval_file_row()) + "\n" + json.dumps({"content": "\n\n", "lang": "Python"}) + "\n")
+    inputs = [*map(str, corpus), str(extra)]
+    out = tmp_path / "oss.jsonl"
+    assert data_prep("prompts", *inputs, "-o", str(out), "--style", "oss-instruct") == 0
+    rows = read_jsonl(out)
+    contents = {}
+    for f in corpus[:1]:
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            contents[f"{f}:{n}"] = json.loads(line)["content"]
+    assert len(rows) > 10
+    for r in rows:
+        assert r["style"] == "oss-instruct" and r["prompt"] == oss_instruct_prompt(r["seed"], "python")
+        assert 1 <= len(r["seed"].splitlines()) <= OSS_INSTRUCT_MAX_LINES and r["seed"].strip()
+        if r["source"] in contents:  # the seed is consecutive lines of its own file
+            assert r["seed"] in contents[r["source"]]
+    assert len({r["seed"] for r in rows}) > len(rows) // 2  # seeds drawn per file, not one fixed window
+    m = json.loads(out.with_name("oss.jsonl.manifest.json").read_text())
+    assert m["dropped"]["decontaminated"]["docs"] == 1
+    assert m["dropped"]["empty"]["docs"] == 1  # the blank file: the filters drop it first
+    before = out.read_bytes()
+    assert data_prep("prompts", *inputs, "-o", str(out), "--style", "oss-instruct") == 0
+    assert out.read_bytes() == before  # the same seeds on a rerun
+
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    gen = tmp_path / "gen.jsonl"
+    assert inference_main(_generate(teacher, few, gen, "--max-new-tokens", "6")) == 0
+    for r in read_jsonl(gen):
+        assert r["style"] == "oss-instruct" and r["seed"] == rows[0 if r["id"] == rows[0]["id"] else 1]["seed"]
+        assert "messages" not in r and "content" not in r and "[Solution]" in r["dropped"]
+
+    args = SimpleNamespace(mode="raw")
+    good = (
+        "[Problem Description]\nSum a list of ints.\n\n[Solution]\n```python\ndef total(xs):\n    return sum(xs)\n```"
+    )
+    made = [
+        _generation_row(
+            args, rows[i], f"{rows[i]['id']}:0", 0, SimpleNamespace(text=t, tokens=[], finish_reason="stop"), "x"
+        )
+        for i, t in ((0, good), (1, "I cannot help with that."))
+    ]
+    assert made[0]["messages"] == [
+        {"role": "user", "content": "Sum a list of ints."},
+        {"role": "assistant", "content": "```python\ndef total(xs):\n    return sum(xs)\n```"},
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in made))
+    sft = tmp_path / "sft"
+    assert data_prep("sft", str(pairs), "-o", str(sft), "--seq-length", "256", "--no-decontaminate") == 0
+    sm = json.loads((sft / "manifest.json").read_text())
+    assert sm["dropped"]["missing_messages"]["docs"] == 1, sm["dropped"]
