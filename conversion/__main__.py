@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             out = megatron_io.export_hf(args.megatron, args.out, dtype=args.dtype, force=args.force, **layout)
             print(f"exported {args.megatron} -> {out} ({args.dtype})")
+            from conversion import mxfp4
+
+            if mxfp4.is_qat_run(args.megatron):  # a run of recipes/qat.py
+                print(
+                    "QAT run: the MXFP4 experts are the weights it trained with, unchanged (validate checks it)"
+                    if args.dtype == "mxfp4"
+                    else "note: a QAT run in bf16 holds its unquantized experts; --dtype mxfp4 writes what it trained with"
+                )
             return 0
         if args.cmd == "validate":
             report = validate.validate(args.hf, args.megatron, logits=not args.no_logits)

@@ -153,6 +153,16 @@ def _round_to_source_precision(model: torch.nn.Module, src: HFCheckpoint) -> Non
                 p.copy_(p.to(torch.bfloat16).to(p.dtype))
 
 
+def _as_trained(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """An HF-named tensor of a QAT run as the run's forward saw it: expert weights ([E, in, out])
+    fake-quantized along `in` (Megatron's [out, in] rows), everything else unchanged."""
+    from conversion import mxfp4
+
+    if not mxfp4.is_expert_weight(name):
+        return tensor
+    return mxfp4.fake_quantize(tensor.transpose(1, 2)).transpose(1, 2)
+
+
 def logits_metrics(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     a, b = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
@@ -173,12 +183,26 @@ def validate(
     tolerances: Tolerances | None = None,
 ) -> Report:
     """Compare `megatron_dir` with `hf_path`; returns the report (report.ok says pass/fail)."""
+    from conversion import mxfp4
+
     src = HFCheckpoint(hf_path)
     report = Report(tolerances=tolerances or Tolerances())
     config, meta = read_sidecar(megatron_dir)
-    compare_weights(src, stream_hf_weights_from_disk(megatron_dir, config, meta), report)
+    weights = stream_hf_weights_from_disk(megatron_dir, config, meta)
+    # A QAT run trained its experts on the MXFP4 grid: its MXFP4 export must hold exactly those
+    # grid values (no second rounding), so compare with them, and run the model as it trained.
+    qat = src.is_mxfp4 and mxfp4.is_qat_run(megatron_dir)
+    if qat:
+        weights = ((name, _as_trained(name, t)) for name, t in weights)
+        report.notes.append(
+            "QAT run: the MXFP4 experts were compared with the run's fake-quantized weights (what it trained "
+            "with, conversion.mxfp4.fake_quantize); the logits with the run's model fake-quantizing them"
+        )
+    compare_weights(src, weights, report)
     if logits:
         _, model, _, _ = load_megatron(Path(megatron_dir))
+        if qat:
+            mxfp4.install_fake_quant(model)
         ids, note = prompts(src.arch.vocab_size, seq_len)
         report.notes += [note] if note else []
         _round_to_source_precision(model[0], src)

@@ -1,7 +1,7 @@
 """gpt-oss recipes for Megatron-Bridge: a registry of named recipes and their default allocation.
 
 `python -m recipes list | show | plan` is the command line; `get(name).build()` returns the
-ConfigContainer. The recipes are registered where they are defined (recipes/gpt_oss.py and recipes/distill.py, `@recipe`
+ConfigContainer. The recipes are registered where they are defined (recipes/gpt_oss.py, recipes/distill.py and recipes/qat.py, `@recipe`
 of recipes/registry.py). Building imports megatron.bridge (about 10 s); listing needs no Megatron.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recipes import distill, gpt_oss  # noqa: F401 - register the recipes (import no Megatron)
+from recipes import distill, gpt_oss, qat  # noqa: F401 - register the recipes (import no Megatron)
 from recipes.registry import RECIPES, Layout, Recipe, recipe
 
 __all__ = ["RECIPES", "Layout", "Recipe", "build", "get", "recipe"]

@@ -450,6 +450,9 @@ def _rules(cfg, s: _Setup, *, layout_from_cfg: bool = True) -> list[str]:
     v += s.arch.layout_problems(tp=k.tp, pp=k.pp, ep=k.ep, etp=etp, vpp=k.vpp)
     if (k.tp * k.cp * s.dp) % (etp * k.ep):
         v.append(f"EP*ETP = {k.ep}*{etp} does not divide TP*CP*DP = {k.tp}*{k.cp}*{s.dp} (ranks of one pipeline stage)")
+    from recipes.qat import layout_problems as mxfp4_qat_problems
+
+    v += mxfp4_qat_problems(cfg, etp)  # MXFP4 QAT: no ETP shard may cut a 32-value block
     if s.r.gbs % (k.mbs * s.dp):
         v.append(f"global batch {s.r.gbs} not divisible by micro batch x DP = {k.mbs}*{s.dp} = {k.mbs * s.dp}")
     if k.vpp and k.pp > 1 and s.microbatches % k.pp:

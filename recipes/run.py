@@ -370,6 +370,12 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
 
         if has_checkpoint(cfg.checkpoint.save):
             write_training_sidecar(cfg.checkpoint.save, GptOssArch.from_provider(cfg.model), source=f"recipe {recipe}")
+            from recipes.qat import is_qat
+
+            if is_qat(cfg):  # its MXFP4 export is what it trained (conversion validate checks)
+                from conversion.mxfp4 import mark_qat_run
+
+                mark_qat_run(cfg.checkpoint.save)
     done = _last_step(metrics)
     if done is not None and done < cfg.train.train_iters:
         print(f"stopped at step {done} of {cfg.train.train_iters}; checkpoint saved: rerun the same command to resume")
