@@ -5,7 +5,8 @@
 
 Steps (each prints its figures; a GPU-only part says "skipped: no GPU" with the reason on CPU):
 1. training throughput and memory: a gpt-oss-20b truncated to --layers layers (all widths, the 32
-   experts, the real 201,088 vocabulary; EP=TP=PP=1, bf16, Transformer Engine, grouped GEMM, seq 4096)
+   experts, the real 201,088 vocabulary; EP=TP=PP=1, bf16, seq 4096; Transformer Engine with grouped
+   GEMM where installed, else megatron-core's local layers: bench/device_check.sh on a bare host)
    trained for a few steps by `python -m recipes run gpt_oss_20b_pretrain` with overrides, on data made
    by `python -m data_prep pretrain`: tokens/s, MFU (FLOPs of that truncated model), peak memory, and
    the planner's estimate for exactly that config (the ratio is the planner's error).
@@ -62,6 +63,7 @@ def check(args: argparse.Namespace) -> list[str]:
 
     from gptoss.arch import GPT_OSS_20B, TINY
     from kit.versions import cuda_versions, installed
+    from megatron_cpu.compat import te_available
     from megatron_cpu.training import cuda_available
 
     gpu = cuda_available()
@@ -91,7 +93,8 @@ def check(args: argparse.Namespace) -> list[str]:
         lines.append(line)
 
     # ---- 1. training throughput and memory, against the planner ---------------------------------
-    say(f"## 1. training: {recipe}, {arch.num_layers} layers, seq {seq}, global batch {gbs}, {iters} steps")
+    layers = "Transformer Engine" if te_available() else "megatron-core's local layers (no Transformer Engine)"
+    say(f"## 1. training: {recipe}, {arch.num_layers} layers, seq {seq}, global batch {gbs}, {iters} steps, {layers}")
     _corpus(work / "code.jsonl", tokens=gbs * seq * (iters + 4) * 2)
     data = work / "workspace" / "data" / "check"
     _run([py, "-m", "data_prep", "pretrain", str(work / "code.jsonl"), "-o", str(data), "--overwrite"], work / "data_prep.log", env)
@@ -153,9 +156,9 @@ def check(args: argparse.Namespace) -> list[str]:
     say("## 4. attention with sinks under Transformer Engine")
     if not gpu:
         say("- skipped: no GPU (Transformer Engine's attention backends need CUDA); the CPU run used Megatron's local attention with sinks")
+    elif not te_available():
+        say("- skipped: Transformer Engine not installed (the run used megatron-core's local layers with learnable sinks)")
     else:
-        from megatron_cpu.compat import te_available
-
         cudnn = cuda_versions()["cuDNN"]
         say(f"- Transformer Engine installed: {te_available()}; cuDNN {cudnn}")
         log = (work / "train.log").read_text()

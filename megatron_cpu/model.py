@@ -11,7 +11,10 @@ the CPU, through the layer spec (attention, router) or by re-classing one module
 (see `CloneOutputRowParallelLinear`).
 
 Everything here is inert when `torch.cuda.is_available()`: `cpu_layer_spec` then returns
-Megatron's normal spec and `make_cpu_friendly` / `build_model` leave the provider alone.
+Megatron's normal spec and `make_cpu_friendly` / `build_model` leave the provider alone. The
+replacement classes are device-neutral (on a GPU `on_cpu` is a no-op and they behave as the stock
+ones), so a GPU without Transformer Engine uses them too: `without_te` (called by the hook that
+`megatron_cpu.compat.import_bridge` installs on such machines).
 
 Public API (stable; the CPU training loop builds on it):
 
@@ -19,6 +22,9 @@ Public API (stable; the CPU training loop builds on it):
   gloo on CPU) + Megatron's parallel_state.
 - `cpu_layer_spec(provider)`: the transformer layer spec with the CPU-safe classes.
 - `make_cpu_friendly(provider)`: fp32, no fused kernels, allgather dispatcher, the CPU layer spec.
+- `local_layer_spec(provider)`: the same classes on any device (megatron-core's local layers).
+- `without_te(provider)`: a CUDA machine without Transformer Engine: the local layers in bf16, the
+  fusions that need TE or Apex off.
 - `build_model(provider, ...)`: finalize + provide, returns this rank's GPTModel (one PP stage) on
   the current CUDA device, or on the CPU with the CPU-safe classes.
 - `on_cpu()`: context manager mapping `torch.cuda.current_device()` to "cpu" and the CUDA RNG state
@@ -31,6 +37,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,7 +52,6 @@ from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.moe.router import TopKRouter
 
 from gptoss.arch import EXPERT_TENSOR_PARALLEL
-from megatron_cpu.compat import import_bridge
 from megatron_cpu.training import cuda_available, eager_without_gpu, forced_cpu  # noqa: F401 - re-exported
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +210,9 @@ class BiasSafeSequentialMLP(SequentialMLP):
 @functools.cache
 def _register_with_bridge() -> None:
     """The bridge decides how to split or gather a parameter under TP from its module's class name:
-    name the CPU classes to it (once, when a CPU layer spec is first built: nothing at import)."""
-    import_bridge()
+    name the CPU classes to it (once, when a CPU layer spec is first built: nothing at import).
+    The bridge is imported already: a provider to build a spec for is one of its objects (made after
+    megatron_cpu.compat.import_bridge, which every entry point runs first)."""
     from megatron.bridge.models.conversion.param_mapping import AutoMapping
 
     AutoMapping.register_module_type(CPUDotProductAttention.__name__, "column")  # sinks: one per head
@@ -225,13 +232,21 @@ def cpu_layer_spec(provider: Any):
     functions). With CUDA available it returns Megatron-Bridge's default spec (Transformer Engine
     when it is installed) unchanged.
     """
-    import_bridge()
-    from megatron.bridge.models.gpt_provider import default_layer_spec, local_layer_spec
+    from megatron.bridge.models.gpt_provider import default_layer_spec
 
     if cuda_available():
         return default_layer_spec(provider)
+    return local_layer_spec(provider)
+
+
+def local_layer_spec(provider: Any):
+    """megatron-core's local (non Transformer Engine) layer spec for `provider` with the classes above
+    swapped in, on any device: learnable sinks in `CPUDotProductAttention`, `CPUTopKRouter`, and
+    bias-safe `SequentialMLP` experts (the mcore bug is in autograd, not in a device)."""
+    from megatron.bridge.models.gpt_provider import local_layer_spec as bridge_local_layer_spec
+
     _register_with_bridge()
-    spec = local_layer_spec(provider)
+    spec = bridge_local_layer_spec(provider)
     layer = spec.submodules
     layer.self_attention.submodules.core_attention = CPUDotProductAttention
     mlp = layer.mlp
@@ -243,6 +258,57 @@ def cpu_layer_spec(provider: Any):
             moe_sub = dataclasses.replace(moe_sub, experts=experts)
         layer.mlp = functools.partial(mlp.func, *mlp.args, **{**mlp.keywords, "submodules": moe_sub})
     return spec
+
+
+# Fusions whose kernels come from Transformer Engine or Apex (megatron-core 0.19.2): off without TE.
+# bias_activation_fusion, bias_dropout_fusion and the native cross-entropy fusion are megatron-core's
+# own (torch.jit / torch.compile) and stay on a GPU.
+TE_OR_APEX_FUSIONS = (
+    "moe_permute_fusion",
+    "moe_router_fusion",
+    "masked_softmax_fusion",
+    "apply_rope_fusion",
+    "gradient_accumulation_fusion",
+    "persist_layer_norm",
+)
+_SAID_WITHOUT_TE = False
+
+
+def without_te(provider: Any) -> Any:
+    """A GPU without Transformer Engine: megatron-core's local layers (`local_layer_spec`, the path
+    with learnable sinks that the CPU runs use) instead of TE's, in the recipe's precision (bf16), with
+    the fusions that need TE or Apex off; says so once per process. Returns the provider.
+
+    Inert on a CPU (make_cpu_friendly's case) and for a provider already set to local layers.
+    An FP8 recipe cannot run without TE: a ValueError that says so.
+    """
+    global _SAID_WITHOUT_TE
+    if not cuda_available() or provider.transformer_impl == "local":
+        return provider
+    if getattr(provider, "fp8", None):
+        raise ValueError(
+            f"fp8={provider.fp8!r} needs Transformer Engine, which is not installed here: "
+            "use the recipe without the _fp8cs suffix, or a machine with Transformer Engine"
+        )
+    provider.transformer_impl = "local"
+    provider.transformer_layer_spec = local_layer_spec
+    if provider.attention_backend == AttnBackend.local:  # (would overwrite core_attention with the stock class)
+        provider.attention_backend = AttnBackend.auto
+    # megatron-core's local spec always builds SequentialMLP experts; say so in the config too
+    provider.moe_grouped_gemm = False
+    if getattr(provider, "cross_entropy_fusion_impl", None) == "te":
+        provider.cross_entropy_fusion_impl = "native"
+    for flag in TE_OR_APEX_FUSIONS:
+        setattr(provider, flag, False)
+    if not _SAID_WITHOUT_TE:
+        _SAID_WITHOUT_TE = True
+        print(
+            "Transformer Engine not installed: using megatron-core's local layers (DotProductAttention "
+            "with learnable sinks, SequentialMLP experts); fusions that need TE or Apex are off",
+            file=sys.stderr,
+            flush=True,
+        )
+    return provider
 
 
 def make_cpu_friendly(provider: Any) -> Any:

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.training
 def test_gpu_check_runs_tiny_on_cpu(tmp_path):
     cmd = [sys.executable, "bench/gpu_check.py", "--tiny", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
