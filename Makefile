@@ -24,9 +24,17 @@ setup-gpu:
 
 test: setup
 	bash scripts/setup_test_tools.sh
+	PY=$(PY) bash scripts/setup_eval_toolchains.sh
 	bash inference/setup_vllm.sh $(VLLM_VENV) || echo "note: vLLM's CPU build did not install: its endpoint tests skip"
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q -n 2 --dist loadfile
+
+# The edit loop: ruff and the tests that start no training run, no SLURM cluster and no vLLM and are
+# not marked slow (markers: pyproject.toml), under 3 minutes on 2 cores; `make test` runs them all.
+.PHONY: test-quick
+test-quick: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not (slow or training or slurm or vllm)"
 
 demo: setup
 	bash scripts/demo.sh
@@ -42,6 +50,12 @@ lock: setup
 
 clean-workspace:
 	rm -rf $(WORKSPACE)/cache
+
+# The compilers and interpreters of the MultiPL-E languages `eval code` runs (Debian's, npm's
+# TypeScript; the list is in inference/multiple.py), as root.
+.PHONY: eval-toolchains
+eval-toolchains: setup
+	PY=$(PY) bash scripts/setup_eval_toolchains.sh
 
 .PHONY: vllm
 vllm:

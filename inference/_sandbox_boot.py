@@ -1,6 +1,6 @@
 """Inside the sandbox: build the program's own root file system, enter it, then exec the program.
 
-Run by inference.sandbox as `python -I -S _sandbox_boot.py SPEC_JSON`, already inside fresh mount,
+Run by inference.sandbox as `python -I -S _sandbox_boot.py` (the spec, JSON, on stdin), inside fresh mount,
 network and PID namespaces (util-linux `unshare`); this process is PID 1 there, so when it (or
 what it execs) exits, the kernel kills every process left in the namespace. Standard library only:
 it must not import the kit (it runs before anything is isolated, and must start fast).
@@ -21,7 +21,9 @@ Steps, in this order (each one closes a hole the next one relies on):
    /root, the checkout, the venv, $WORKSPACE) is no longer reachable by any path;
 6. resource limits, then privileges dropped for good: setuid(nobody) as root, or, in a user
    namespace, an empty capability bounding set + SECBIT_NOROOT; no_new_privs in both cases;
-7. exec the program with an environment of a few fixed variables (never the caller's).
+7. exec the program with an environment of a few fixed variables (never the caller's); or, in
+   steps mode (compiled languages: build, then run), run each step as a child and report each
+   one's exit status on a pipe the program cannot reach (`_run_steps`).
 Any step that fails stops the sample with "sandbox setup: ..." on stderr before the program runs.
 """
 
@@ -31,7 +33,6 @@ import ctypes
 import json
 import os
 import resource
-import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -44,7 +45,7 @@ AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (unified syscall table)
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # not unified
 MNT_DETACH = 2
-PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 24, 28, 38
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 4, 24, 28, 38
 SECBIT_NOROOT, SECBIT_NOROOT_LOCKED = 1, 2
 
 
@@ -176,10 +177,84 @@ def _drop_capabilities() -> None:
     _check(libc.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0), "securebits")
 
 
+def _read_spec() -> dict:
+    """The spec arrives on stdin (never in argv: /proc/1/cmdline is readable by the program), which
+    then becomes /dev/null."""
+    chunks = []
+    while chunk := os.read(0, 1 << 16):
+        chunks.append(chunk)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return json.loads(b"".join(chunks))
+
+
+def _run_steps(spec: dict, work: str, env: dict) -> None:
+    """Steps mode: run each command in turn as a child of this process (PID 1 of the namespace),
+    report each one's exit status on the harness's pipe, stop at the first that fails or times out.
+
+    The program cannot forge the report: the pipe is not inherited (close_fds), this process is not
+    dumpable (no ptrace, no /proc/1/mem or /proc/1/fd for the program), and the kernel ignores the
+    signals a PID namespace's processes send to its init. Between steps, and after a timeout,
+    everything else in the namespace is killed (kill(-1) from init reaches every process but it).
+    """
+    import signal
+    import subprocess
+    import time
+
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
+    report = os.fdopen(spec["report_fd"], "w")
+
+    isolated = spec["isolate"] and os.getpid() == 1
+
+    def clear(proc: subprocess.Popen) -> None:
+        # As the PID namespace's init, kill(-1) reaches every process of the sample and nothing
+        # else. NEVER outside one (rlimits): there kill(-1) would reach every process of the user,
+        # so only the step's own process group is killed.
+        try:
+            os.kill(-1, signal.SIGKILL) if isolated else os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:  # reap what was killed, and what the steps' processes left to init
+            try:
+                if os.waitpid(-1, 0)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+    for i, step in enumerate(spec["steps"]):
+        stdin, feed = subprocess.DEVNULL, None
+        if step.get("nonce_stdin"):  # the end-of-tests mark, for the tests' epilogue to echo
+            r, feed = os.pipe()
+            stdin = r
+        t0 = time.monotonic()
+        # the mark also in the step's environment, for runners that give the program no stdin (go test)
+        step_env = {**env, "KIT_END_OF_TESTS": spec["nonce"]} if feed is not None else env
+        proc = subprocess.Popen(
+            step["argv"], cwd=work, env=step_env, stdin=stdin, close_fds=True, start_new_session=True
+        )
+        if feed is not None:
+            os.close(stdin)
+            try:
+                os.write(feed, (spec["nonce"] + "\n").encode())
+            except BrokenPipeError:
+                pass
+            os.close(feed)
+        try:
+            rc, timed_out = proc.wait(timeout=step["timeout_s"]), False
+        except subprocess.TimeoutExpired:
+            rc, timed_out = None, True
+        clear(proc)
+        report.write(json.dumps({"step": i, "rc": rc, "timeout": timed_out, "wall_s": time.monotonic() - t0}) + "\n")
+        report.flush()
+        if timed_out or rc != 0:
+            break
+
+
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    spec = _read_spec()
     lim = spec["limits"]
-    program = open(spec["program"], "rb").read()
+    files = {name: open(os.path.join(spec["work"], name), "rb").read() for name in spec["files"]}
     drop_to = spec.get("drop_to_uid")  # root strategy: become this uid; else a user namespace
 
     if spec["isolate"]:
@@ -189,14 +264,16 @@ def main() -> None:
         _all_read_only(root, spec.get("legacy_remount", False))
         _mount("tmpfs", root + work, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={lim['disk_bytes']}")
         _mount(root + work, root + "/tmp", None, MS_BIND)  # programs that write to /tmp regardless
-        with open(root + work + "/main.py", "wb") as f:
-            f.write(program)
+        for name, data in files.items():  # plain names (the harness checks): nothing outside work
+            with open(os.path.join(root + work, name), "wb") as f:
+                f.write(data)
+            if drop_to is not None:
+                os.chown(os.path.join(root + work, name), drop_to, drop_to)
         if drop_to is not None:
             os.chown(root + work, drop_to, drop_to)
-            os.chown(root + work + "/main.py", drop_to, drop_to)
         _pivot(root)
         python = spec["view"]["python"]
-    else:  # rlimits: the host's directory (main.py is there), no isolation: opt-in, trusted code only
+    else:  # rlimits: the host's directory (the files are there), no isolation: opt-in, trusted code only
         work, python = spec["work"], spec["python"]
     os.chdir(work)
 
@@ -220,6 +297,10 @@ def main() -> None:
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # setuid binaries stay unprivileged
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
            "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    env.update({k: v.replace("{work}", work) for k, v in spec.get("env", {}).items()})
+    if spec.get("steps"):
+        _run_steps(spec, work, env)
+        return
     flags = ["-I", "-B"] if spec.get("site", True) else ["-I", "-S", "-B"]  # -S: the program sets sys.path itself
     os.execve(python, [python, *flags, "main.py"], env)
 

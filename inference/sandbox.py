@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,8 +98,9 @@ class Result:
 WORKDIR = "/sandbox"  # the program's working directory, HOME and TMPDIR (and /tmp) inside its root
 DEVICES = ("null", "zero", "full", "random", "urandom")  # bound from the host's /dev
 # From /etc, only what programs read before they run: the dynamic loader's cache and configuration,
-# and Debian's alternatives links (/usr/bin/java -> /etc/alternatives/java -> /usr/lib/jvm/...).
-ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives")
+# Debian's alternatives links (/usr/bin/java -> /etc/alternatives/java -> /usr/lib/jvm/...) and the
+# JDK's configuration (its conf/ links into /etc/java-17-openjdk: java.security, the JVM's options).
+ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "java-*-openjdk")
 TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # merged-usr links, or real dirs
 PASSWD = "root:x:0:0::/sandbox:/bin/sh\nnobody:x:65534:65534::/sandbox:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -152,7 +154,7 @@ def _system_view() -> View:
             links.append((top, os.readlink(top)))
         elif os.path.isdir(top):
             binds.append(top)
-    binds += [f"/etc/{name}" for name in ETC if os.path.lexists(f"/etc/{name}")]
+    binds += sorted(path for name in ETC for path in glob.glob(f"/etc/{name}"))
     for path in (python, os.path.dirname(stdlib)):  # a pyenv or conda Python lives outside /usr
         if not _inside(path, binds):
             binds.append(path)
@@ -185,8 +187,8 @@ def _spec_limits(limits: Limits) -> dict:
     return d
 
 
-def _command(strategy: str, spec: dict, userns: bool) -> list[str]:
-    boot = [sys.executable, "-I", "-S", str(BOOT), json.dumps(spec)]
+def _command(strategy: str, userns: bool) -> list[str]:
+    boot = [sys.executable, "-I", "-S", str(BOOT)]  # the spec goes to its stdin (_Sample)
     if strategy == "rlimits":
         return boot
     ns = ["unshare", "--fork", "--pid", "--mount-proc", "--mount", "--net", "--ipc", "--uts", "--kill-child"]
@@ -215,7 +217,7 @@ def run_python(
 def _run(
     code: str, limits: Limits, strategy: str, sentinel: str | None, userns: bool | None, legacy_remount: bool
 ) -> Result:
-    with _Sample(code, limits, strategy, userns, legacy_remount) as sample:
+    with _Sample({"main.py": code}, limits, strategy, userns, legacy_remount) as sample:
         timed_out = False
         try:
             rc: int | None = sample.proc.wait(timeout=limits.timeout_s)
@@ -238,27 +240,34 @@ def _run(
 
 class _Sample:
     """One sandboxed program, started on entering the block; its host directory (its output files)
-    is removed on leaving it. `pass_fds` are handed to the program (the judge's pipe ends)."""
+    is removed on leaving it. `files`: plain file names -> text, written into its working directory;
+    `pass_fds` are handed to the sandbox (the judge's pipe ends, the steps' report pipe); `extra`
+    goes into the boot's spec (steps mode: steps, env, report_fd, nonce)."""
 
     def __init__(
-        self, code: str, limits: Limits, strategy: str, userns: bool | None, legacy_remount: bool,
-        pass_fds: tuple[int, ...] = (), hide: tuple[str, ...] = (), site: bool = True,
+        self, files: dict[str, str], limits: Limits, strategy: str, userns: bool | None, legacy_remount: bool,
+        pass_fds: tuple[int, ...] = (), hide: tuple[str, ...] = (), site: bool = True, extra: dict | None = None,
     ) -> None:  # fmt: skip
-        self.args = (code, limits, strategy, default_userns() if userns is None else userns, legacy_remount)
-        self.pass_fds, self.hide, self.site = pass_fds, hide, site
+        bad = [n for n in files if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", n)]
+        if bad:
+            raise ValueError(f"sandbox file names must be plain names, got {bad}")
+        self.files = files
+        self.args = (limits, strategy, default_userns() if userns is None else userns, legacy_remount)
+        self.pass_fds, self.hide, self.site, self.extra = pass_fds, hide, site, extra or {}
         self.limits = limits
 
     def __enter__(self) -> _Sample:
-        code, limits, strategy, userns, legacy_remount = self.args
+        limits, strategy, userns, legacy_remount = self.args
         self.host = Path(tempfile.mkdtemp(prefix="kit-sandbox-"))
         try:
             work = self.host / "work"
             work.mkdir(mode=0o700)
-            (work / "main.py").write_text(code)
+            for name, text in self.files.items():
+                (work / name).write_text(text)
             (self.host / "root").mkdir(mode=0o755)  # becomes the sample's "/" (its own tmpfs)
             spec = {
-                "work": str(work),  # rlimits only: the program runs in this host directory
-                "program": str(work / "main.py"),
+                "work": str(work),  # the files, and for rlimits the directory the program runs in
+                "files": sorted(self.files),
                 "root": str(self.host / "root"),
                 "view": asdict(python_view(self.hide)),
                 "limits": _spec_limits(limits),
@@ -267,13 +276,14 @@ class _Sample:
                 "drop_to_uid": None if (userns or strategy != "namespaces") else NOBODY,
                 "legacy_remount": legacy_remount,
                 "site": self.site,
+                **self.extra,
             }
             self.out = open(self.host / "stdout", "wb+")
             self.err = open(self.host / "stderr", "wb+")
             self.t0 = time.monotonic()
             self.proc = subprocess.Popen(
-                _command(strategy, spec, userns),
-                stdin=subprocess.DEVNULL,
+                _command(strategy, userns),
+                stdin=subprocess.PIPE,
                 stdout=self.out,
                 stderr=self.err,
                 cwd=self.host,
@@ -282,7 +292,14 @@ class _Sample:
                 close_fds=True,
                 pass_fds=self.pass_fds,
             )
+            try:
+                self.proc.stdin.write(json.dumps(spec).encode())
+                self.proc.stdin.close()
+            except BrokenPipeError:  # it died before reading: its stderr says why
+                pass
         except BaseException:
+            if hasattr(self, "proc"):
+                _kill_group(self.proc, strategy)
             shutil.rmtree(self.host, ignore_errors=True)
             raise
         return self
@@ -292,7 +309,7 @@ class _Sample:
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
-            _kill_group(self.proc, self.args[2])
+            _kill_group(self.proc, self.args[1])
         self.out.close()
         self.err.close()
         shutil.rmtree(self.host, ignore_errors=True)
@@ -340,7 +357,9 @@ def run_judged(
             pass_fds=(req_w, resp_r),
         )
         try:
-            sample_cm = _Sample(program, limits, strategy, userns, legacy_remount, (req_r, resp_w), tuple(hide), False)
+            sample_cm = _Sample(
+                {"main.py": program}, limits, strategy, userns, legacy_remount, (req_r, resp_w), tuple(hide), False
+            )
             sample = sample_cm.__enter__()
         except BaseException:
             _kill_judge(judge)
@@ -374,6 +393,75 @@ def run_judged(
     if status not in ("passed", "failed", "unsupported"):
         status, reason = "failed", f"judge error: unknown status {status!r}"
     return Result(status, judge.returncode, stdout, stderr, wall, strategy, reason)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a steps run (a compiled language: build, then run the program)."""
+
+    argv: tuple[str, ...]
+    timeout_s: float
+    nonce_stdin: bool = False  # its stdin carries the end-of-tests mark (one line), then EOF
+
+
+@dataclass
+class StepsResult:
+    steps: list[dict]  # per step that ran, in order: {"step", "rc", "timeout", "wall_s"}; stops at a failure
+    stdout: str  # the first max_output_bytes of all steps' output, for the report
+    stderr: str
+    last_lines: list[str]  # the last lines of stdout (where an end-of-tests mark is looked for)
+    wall_s: float
+    strategy: str
+
+
+def run_steps(
+    files: dict[str, str],
+    steps: Sequence[Step],
+    limits: Limits = Limits(),
+    strategy: str = "auto",
+    *,
+    env: dict[str, str] | None = None,
+    nonce: str = "",
+    userns: bool | None = None,
+    legacy_remount: bool = False,
+) -> StepsResult:
+    """Run `steps` one after the other in one sandbox (the same root, working directory and limits
+    as run_python), each with its own time limit, stopping at the first that fails; what each step
+    returned comes from the sandbox's init process over a pipe the program cannot reach
+    (_sandbox_boot._run_steps). `env`: extra variables ("{work}" in a value is the working
+    directory). `nonce`: written to the stdin of the steps marked nonce_stdin."""
+    strategy = resolve_strategy(strategy)
+    env = dict(env or {})
+    bad = [k for k in env if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", k)]
+    if bad:
+        raise ValueError(f"sandbox environment variable names must be [A-Z_][A-Z0-9_]*, got {bad}")
+    read_fd, write_fd = os.pipe()
+    extra = {
+        "steps": [{"argv": list(st.argv), "timeout_s": st.timeout_s, "nonce_stdin": st.nonce_stdin} for st in steps],
+        "env": env, "report_fd": write_fd, "nonce": nonce,
+    }  # fmt: skip
+    cpu = Limits(**{**asdict(limits), "timeout_s": max(st.timeout_s for st in steps)})
+    try:
+        with _Sample(files, cpu, strategy, userns, legacy_remount, (write_fd,), extra=extra) as sample:
+            os.close(write_fd)
+            write_fd = -1
+            try:
+                sample.proc.wait(timeout=sum(st.timeout_s for st in steps) + 30)  # + start-up of a loaded machine
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                _kill_group(sample.proc, strategy)
+            wall = time.monotonic() - sample.t0
+            stdout, stderr = sample.output()
+            last_lines = _tail(sample.out, 4096).splitlines()
+        with os.fdopen(read_fd, "rb") as f:
+            read_fd = -1
+            report = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    return StepsResult(report, stdout, stderr, last_lines, wall, strategy)
 
 
 @functools.cache
