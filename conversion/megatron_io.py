@@ -24,7 +24,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,9 +93,10 @@ def _plain_config(hf_config: dict) -> dict:
     return {k: v for k, v in hf_config.items() if k != "quantization_config"}
 
 
-def _latest_iter_dir(megatron_dir: Path) -> Path:
+def _latest_iter_dir(megatron_dir: Path, iteration: int | None = None) -> Path:
+    """The directory of `iteration` (default the latest) of a checkpoint, or a ConversionError naming it."""
     try:
-        return iteration_dir(megatron_dir)
+        return iteration_dir(megatron_dir, iteration)
     except CheckpointDirError as err:
         raise ConversionError(str(err)) from None
 
@@ -234,11 +237,25 @@ def load_megatron(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
     Returns (bridge, [model], hf_config, meta). Collective.
     """
     megatron_dir = Path(megatron_dir)
+    return _load_full(megatron_dir, _latest_iter_dir(megatron_dir), tp, pp, ep, build_from_sidecar)
+
+
+def build_from_sidecar(megatron_dir: Path, iter_dir: Path, tp: int, pp: int, ep: int):
+    """The empty model of a checkpoint written by `import_hf` or a finished training run: its
+    sidecar's config, conversion's provider. Returns (bridge, [model], hf_config, meta). Collective."""
     config, meta = read_sidecar(megatron_dir)
-    iter_dir = _latest_iter_dir(megatron_dir)
     check_layout(arch_from_hf_config(config), tp, pp, ep)
     cpu.init_process_groups(tp, pp, ep)
     bridge, model = _bridge_and_model(config, tp, pp, ep)
+    return bridge, model, config, meta
+
+
+# build(checkpoint dir, iteration dir, tp, pp, ep) -> (bridge, [model], hf_config, meta), model still empty
+ModelBuilder = Callable[[Path, Path, int, int, int], tuple[Any, list, dict, dict]]
+
+
+def _load_full(megatron_dir: Path, iter_dir: Path, tp: int, pp: int, ep: int, build: ModelBuilder):
+    bridge, model, config, meta = build(megatron_dir, iter_dir, tp, pp, ep)
     load_weights(iter_dir, model, f"gpt-oss TP={tp} PP={pp} EP={ep}")
     return bridge, model, config, meta
 
@@ -254,19 +271,51 @@ def load_weights(iter_dir: Path, model: list, what: str = "this model") -> None:
         raise ConversionError(f"{iter_dir}: cannot load into {what}: {err}") from err
 
 
-def load_any(megatron_dir: str | os.PathLike, *, tp=1, pp=1, ep=1):
-    """A full-weight checkpoint, or a LoRA run (its base plus its adapters).
+class LoraBaseMissing(ConversionError):
+    """A LoRA run whose base checkpoint is not there. `run` and `base` (None: its run_config.yaml
+    records none) let a caller that can name the base another way say so (inference's --base)."""
 
-    Returns (bridge, [model], hf_config, meta, lora) with lora None for full weights. Collective.
+    def __init__(self, run: Path, base: Path | None) -> None:
+        self.run, self.base = run, base
+        super().__init__(
+            f"{run} is a LoRA run; its base checkpoint {base or '(not recorded in its run_config.yaml)'} does not "
+            "exist: restore it, or re-import it with `python -m conversion import`"
+        )
+
+
+def load_any(
+    megatron_dir: str | os.PathLike,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    ep: int = 1,
+    iteration: int | None = None,
+    base: str | os.PathLike | None = None,
+    build: ModelBuilder = build_from_sidecar,
+) -> tuple[Any, list, dict, dict, Any]:
+    """A full-weight checkpoint, or a LoRA run (its base plus its adapters): the one place that
+    knows how a LoRA run is loaded (conversion export, inference).
+
+    `iteration` picks a saved iteration of `megatron_dir` (default the latest; a LoRA base loads its
+    latest). `base` replaces the base the LoRA run's run_config.yaml records. `build` makes the
+    empty model of a checkpoint (default `build_from_sidecar`; inference passes its own provider
+    settings). Returns (bridge, [model], hf_config, meta, lora) with lora None for full weights and
+    meta["lora"] = {"run", "base"} for a LoRA run; LoraBaseMissing when the base is not there. Collective.
     """
     from conversion import lora
 
-    iter_dir = _latest_iter_dir(Path(megatron_dir))
+    megatron_dir = Path(megatron_dir)
+    iter_dir = _latest_iter_dir(megatron_dir, iteration)
     settings = lora.peft_settings(iter_dir)
     if settings is None:
-        return (*load_megatron(megatron_dir, tp=tp, pp=pp, ep=ep), None)
-    base = lora.base_of(iter_dir)  # the run trained adapters only: build its base, then attach them
-    bridge, model, config, meta = load_megatron(base, tp=tp, pp=pp, ep=ep)
+        return (*_load_full(megatron_dir, iter_dir, tp, pp, ep, build), None)
+    # the run trained adapters only: build its base, then attach them
+    if base is None:
+        base = (lora.run_config(iter_dir).get("checkpoint") or {}).get("pretrained_checkpoint")
+    if not base or not Path(base).is_dir():
+        raise LoraBaseMissing(megatron_dir, Path(base) if base else None)
+    base = Path(base)
+    bridge, model, config, meta = _load_full(base, _latest_iter_dir(base), tp, pp, ep, build)
     adapters, model = lora.attach_adapters(model, iter_dir, settings)
     return bridge, model, config, {**meta, "lora": {"run": str(megatron_dir), "base": str(base)}}, adapters
 
@@ -371,6 +420,8 @@ def _write_hf_side(megatron_dir: Path, out: Path, config: dict, dtype: str) -> N
 
 __all__ = [
     "ConversionError",
+    "LoraBaseMissing",
+    "build_from_sidecar",
     "check_layout",
     "export_hf",
     "import_hf",

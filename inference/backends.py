@@ -161,23 +161,15 @@ class AutoLMBackend(_CachedCausalLM):
 # =============================================================================================
 
 
-def _iter_dir(ckpt: Path, iteration: int | None) -> Path:
-    from conversion.megatron_dir import CheckpointDirError, iteration_dir
-
-    try:
-        return iteration_dir(ckpt, iteration)
-    except CheckpointDirError as err:
-        raise CheckpointError(str(err)) from None
-
-
-def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
-    """The HF config of a Megatron checkpoint: its sidecar (conversion import, finished training
-    runs), else the kit architecture matching the run's model config (a run still in progress)."""
+def _hf_config_for(ckpt: Path, run_config: dict) -> tuple[dict, dict]:
+    """(HF config, kit metadata) of a Megatron checkpoint: its sidecar (conversion import, finished
+    training runs), else the kit architecture matching the run's model config and no metadata (a
+    run still in progress)."""
     from conversion.hf_io import ConversionError
     from conversion.megatron_io import read_sidecar
 
     try:
-        return read_sidecar(ckpt)[0]
+        return read_sidecar(ckpt)
     except ConversionError as err:
         model = run_config.get("model") or {}
         if not model:
@@ -190,7 +182,7 @@ def _hf_config_for(ckpt: Path, run_config: dict) -> dict:
     from gptoss.arch import GptOssArch
 
     try:  # the run's provider fields, read back through the one arch <-> provider mapping
-        return GptOssArch.from_provider(SimpleNamespace(**model)).hf_config_dict()
+        return GptOssArch.from_provider(SimpleNamespace(**model)).hf_config_dict(), {}
     except (AttributeError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{ckpt}: no sidecar, and the run's model config is not a gpt-oss one ({err})") from None
 
@@ -223,6 +215,14 @@ def build_megatron(hf_config: dict, tp: int = 1, pp: int = 1, ep: int = 1) -> tu
     return bridge, [model]
 
 
+def _build_for_inference(ckpt: Path, iter_dir: Path, tp: int, pp: int, ep: int) -> tuple[Any, list, dict, dict]:
+    """megatron_io.load_any's model builder for inference: the config also of a run still in
+    progress (from its run_config.yaml), the inference provider settings (build_megatron)."""
+    hf_config, meta = _hf_config_for(ckpt, lora.run_config(iter_dir))
+    bridge, model = build_megatron(hf_config, tp, pp, ep)
+    return bridge, model, hf_config, meta
+
+
 class MegatronBackend:
     """A Megatron checkpoint, loaded for inference (see the module docstring)."""
 
@@ -237,33 +237,24 @@ class MegatronBackend:
         base: str | os.PathLike | None = None,
         merge: bool = False,
     ) -> None:
-        from conversion.megatron_io import load_weights
+        from conversion.megatron_io import LoraBaseMissing, load_any
 
-        ckpt = Path(path)
-        iter_dir = _iter_dir(ckpt, iteration)
-        run_config = lora.run_config(iter_dir)
-        peft = lora.peft_settings(iter_dir)
-        self.name = f"megatron:{ckpt}"
+        try:
+            self.bridge, self.model, hf_config, meta, adapters = load_any(
+                path, tp=tp, pp=pp, ep=ep, iteration=iteration, base=base or None, build=_build_for_inference
+            )
+        except LoraBaseMissing as err:  # inference can take the base from the command line: say so
+            raise CheckpointError(
+                f"{err.run} is a LoRA run; its base checkpoint {err.base or '(not recorded)'} does not exist: pass "
+                "--base DIR (the Megatron checkpoint the adapters were trained on, e.g. made by "
+                "`python -m conversion import`)"
+            ) from None
+        self.name = f"megatron:{Path(path)}"
         self.lora_merged: int | None = None
-        if peft is None:
-            hf_config = _hf_config_for(ckpt, run_config)
-            self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
-            load_weights(iter_dir, self.model)
-        else:
-            base = Path(base or (run_config.get("checkpoint") or {}).get("pretrained_checkpoint") or "")
-            if not str(base) or not base.is_dir():
-                raise CheckpointError(
-                    f"{ckpt} is a LoRA run; its base checkpoint {str(base) or '(not recorded)'} does not exist: pass "
-                    "--base DIR (the Megatron checkpoint the adapters were trained on, e.g. made by "
-                    "`python -m conversion import`)"
-                )
-            hf_config = _hf_config_for(base, lora.run_config(_iter_dir(base, None)))
-            self.bridge, self.model = build_megatron(hf_config, tp, pp, ep)
-            load_weights(_iter_dir(base, None), self.model)
-            _, self.model = lora.attach_adapters(self.model, iter_dir, peft)
+        if adapters is not None:
             if merge:
                 self.lora_merged = lora.merge_into_base(self.model)
-            self.name += f" (LoRA on {base}{', merged' if merge else ''})"
+            self.name += f" (LoRA on {meta['lora']['base']}{', merged' if merge else ''})"
         for m in self.model:
             m.eval()
         self.hf_config = hf_config

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptoss.arch import ARCHS, GPT_OSS_20B, GPT_OSS_120B, TINY, VOCAB_SIZE, arch_from_hf_config, get_arch
+from megatron_cpu.compat import import_bridge
 
 
 def test_published_totals():
@@ -79,6 +80,7 @@ def _megatron_count(recipe: str) -> int:
     alltoall one allocates a CUDA stream), and torch.cuda.current_device -> "meta" (YaRN caches its
     frequencies on the current device).
     """
+    import_bridge()
     from megatron.bridge.models.gpt_provider import local_layer_spec
 
     import recipes

@@ -20,6 +20,7 @@ from conversion import mxfp4
 from conversion.hf_io import INDEX, ConversionError, HFCheckpoint
 from conversion.random_init import make_random_hf
 from gptoss.arch import TINY
+from megatron_cpu.compat import import_bridge
 
 # MXFP4 blocks 32 input values: the expert widths must be multiples of 32. TINY's FFN (80) is not,
 # so the MXFP4 tests use TINY with a 64-wide FFN (still non-square against hidden 96).
@@ -66,6 +67,7 @@ def corrupt_megatron(src: Path, dst: Path, fn) -> Path:
     _, model, _, _ = load_megatron(src)
     with torch.no_grad():
         fn(model[0])
+    import_bridge()
     from megatron.bridge.training.model_load_save import save_megatron_model
 
     with cpu.on_cpu():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptoss.arch import TINY
+from megatron_cpu.compat import import_bridge
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,6 @@ def cpu():
 
 
 def _provider(seq_length: int = 32):
-    from megatron_cpu.compat import import_bridge
-
     import_bridge()  # what the kit's entry points do first
     from megatron.bridge import AutoBridge
 
@@ -53,6 +52,7 @@ def test_inert_with_cuda(cpu, monkeypatch):
     assert (provider.transformer_layer_spec, provider.params_dtype, provider.moe_token_dispatcher_type) == before
     # The default spec needs Transformer Engine, absent here: check the delegation itself.
     sentinel = object()
+    import_bridge()
     import megatron.bridge.models.gpt_provider as gpt_provider
 
     monkeypatch.setattr(gpt_provider, "default_layer_spec", lambda config: sentinel)

@@ -11,6 +11,7 @@ import pytest
 
 from data_prep import sft
 from gptoss.tokenizer import SPECIAL, encoding
+from megatron_cpu.compat import import_bridge
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
@@ -176,8 +177,6 @@ def test_sft_manifest_and_packing_efficiency(packed):
 
 def test_bridge_packed_dataset_reads_it(packed):
     """Megatron-Bridge's own loader and collate: the trained labels are exactly the assistant output."""
-    from megatron_cpu.compat import import_bridge
-
     import_bridge()
     from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetBuilder, GPTSFTDatasetConfig
     from megatron.bridge.data.packing import PackedSequenceSpecs

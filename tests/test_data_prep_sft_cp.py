@@ -15,6 +15,7 @@ from test_data_prep_sft import varied_conversations
 from data_prep import sft
 from data_prep.__main__ import main as data_prep_main
 from gptoss.tokenizer import SPECIAL
+from megatron_cpu.compat import import_bridge
 
 SEQ = 256
 MULT = 4  # gpt_oss_20b_sft_32k: CP2 -> pad_seq_to_mult 4
@@ -42,6 +43,7 @@ def recipe(data):
 
     _, _, padded = data
     cfg = recipes.build("gpt_oss_20b_sft_32k", padded["overrides"])  # imports megatron.bridge (megatron_cpu.compat)
+    import_bridge()
     from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
 
     return cfg, build_tokenizer(cfg.tokenizer)
@@ -90,6 +92,7 @@ def test_bridge_reads_padded_boundaries(data, recipe):
     """The recipe's dataset config, built by the bridge's GPTSFTDatasetBuilder with the recipe's tokenizer:
     cu_seqlens_padded are the padded spans (multiples of 4), cu_seqlens the conversations' own lengths,
     the padding has no loss, and the trained labels are the default packing's."""
+    import_bridge()
     from megatron.bridge.data.builders.gpt_sft import GPTSFTDatasetBuilder
 
     root, plain, padded = data

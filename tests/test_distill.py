@@ -85,6 +85,7 @@ def distilled_hf(distilled, tmp_path_factory):
     return out
 
 
+@pytest.mark.training
 def test_metrics_log_both_losses_and_the_kd_loss_falls(ws, distilled):
     rows = metrics(ws, "kd")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
@@ -118,6 +119,7 @@ def _kl_to_teacher(student_hf: Path, teacher_hf: Path) -> float:
     return total / n
 
 
+@pytest.mark.training
 def test_distilled_student_is_closer_to_the_teacher(ws, distilled_hf, lm_only, tmp_path):
     teacher = ws / "models" / "gpt-oss-tiny-teacher" / "hf"
     _conversion("export", "--megatron", str(lm_only), "--out", str(tmp_path / "lm"))
@@ -126,6 +128,7 @@ def test_distilled_student_is_closer_to_the_teacher(ws, distilled_hf, lm_only, t
     assert kd < 0.9 * start and kd < 0.9 * lm, dict(start=start, distilled=kd, lm_only=lm)
 
 
+@pytest.mark.training
 def test_resume_continues_the_same_kd_curve(ws, distilled):
     """Stop after half the steps (checkpoint, exit 75), rerun: the rest equals the uninterrupted run."""
     split = [f"train.train_iters={STEPS}", f"train.exit_interval={STEPS // 2}", *_ckpt(ws, "kd-split")]
@@ -139,6 +142,7 @@ def test_resume_continues_the_same_kd_curve(ws, distilled):
         assert [r[key] for r in resumed] == [r[key] for r in reference], f"{key}: bit-exact in fp32 on CPU"
 
 
+@pytest.mark.training
 def test_export_keeps_the_students_config_and_names(ws, distilled, distilled_hf, tmp_path):
     """bf16 and MXFP4 exports of the distilled run: the student's config (YaRN fields, layer types)
     and tensor names, none of the teacher's; both read back as the checkpoint (validate)."""

@@ -29,6 +29,7 @@ def test_bad_model_dir_is_exit_2(tmp_path):
     assert r.returncode == 2 and "must be an HF model directory" in r.stderr
 
 
+@pytest.mark.vllm
 @pytest.mark.skipif(not HAVE_VLLM, reason=f"no vLLM venv at {VENV}: run `make vllm`")
 def test_eval_sh_serves_evaluates_and_stops(tmp_path):
     from conversion.random_init import make_random_hf

@@ -276,6 +276,7 @@ def lora_run(ws):
     return run
 
 
+@pytest.mark.training
 def test_lora_run_loads_with_its_base_and_merges(lora_run, meg, prompts):
     from inference.backends import MegatronBackend
 
@@ -291,6 +292,7 @@ def test_lora_run_loads_with_its_base_and_merges(lora_run, meg, prompts):
     assert generate(lora, prompts, params)[0].tokens == generate(merged, prompts, params)[0].tokens
 
 
+@pytest.mark.training
 def test_lora_without_its_base_names_what_is_missing(lora_run, tmp_path):
     from inference.backends import CheckpointError, MegatronBackend
 

@@ -181,6 +181,7 @@ def _port() -> str:
         return str(s.getsockname()[1])
 
 
+@pytest.mark.training
 @pytest.mark.slow
 def test_local_executor_trains_the_tiny_recipe(tmp_path):
     ws = tmp_path / "ws"

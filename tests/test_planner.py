@@ -12,6 +12,7 @@ import pytest
 
 import recipes
 from gptoss.arch import GPT_OSS_20B, TINY
+from megatron_cpu.compat import import_bridge
 from recipes.planner import GiB, plan
 
 BASE = "gpt_oss_20b_pretrain"  # TP2 PP4 EP4 SP on 2x8
@@ -298,6 +299,7 @@ def test_every_shipped_recipe_fits_its_default_allocation(name):
 def test_bf16_gradient_buffers_halve_the_gradient_memory():
     """Only where the mixed-precision config says so: ddp.grad_reduce_in_fp32=False alone is set back
     to True by "bf16_mixed" when the bridge sets the run up (test_effective_settings_are_the_bridges)."""
+    import_bridge()
     from megatron.bridge.training.mixed_precision import get_mixed_precision_config
 
     cfg = recipes.build(BASE, ["ddp.grad_reduce_in_fp32=False"])
@@ -344,6 +346,7 @@ def test_effective_settings_are_the_bridges():
     mixed-precision setup and its optimizer sync run here on a copy of the config and must agree."""
     import copy
 
+    import_bridge()
     from megatron.bridge.training.config import _validate_and_sync_distributed_optimizer_settings
     from megatron.bridge.training.mixed_precision import get_mixed_precision_config
 

@@ -107,6 +107,7 @@ def reference_job(cluster, ws):
     return job, cluster.wait(job, timeout=400)
 
 
+@pytest.mark.slurm
 def test_tiny_pretrain_job_completes_with_a_checkpoint(reference_job, ws):
     job, info = reference_job
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job)
@@ -124,6 +125,7 @@ def test_tiny_pretrain_job_completes_with_a_checkpoint(reference_job, ws):
     assert f"torch {v['torch']}" in line and rank0.index("versions: ") < rank0.index("iteration ")
 
 
+@pytest.mark.slurm
 def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
     job = submit(cluster, ws, "pretrain_20b.sh", sbatch=("--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2"))
     info = cluster.wait(job, timeout=200)
@@ -134,6 +136,7 @@ def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
     assert not list((ws / "logs" / f"pretrain_20b-{job}").glob("rank-*.log")), "no task may start"
 
 
+@pytest.mark.slurm
 def test_two_nodes_join_one_process_group(cluster, ws):
     """Also: a MASTER_ADDR/PORT left in the submitting shell (sbatch exports it) must not be used:
     here the port is taken by a listening socket, as the CI failure that motivated this had it."""
@@ -161,6 +164,7 @@ def _metrics(ws: Path, run: str) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slurm
 def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws, reference_job):
     """SIGUSR1 to the batch shell (what --signal=B:USR1@T sends), then compare with an
     uninterrupted run of the same recipe and steps."""
@@ -201,6 +205,7 @@ def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws, r
     assert resumed[-1]["lm loss"] == reference[-1]["lm loss"], "same final loss as the uninterrupted job"
 
 
+@pytest.mark.slurm
 def test_convert_roundtrip_runs_as_a_job(cluster, ws):
     """convert.sh roundtrip on a tiny random checkpoint: import, export, validate in one job."""
     from conversion.random_init import make_random_hf
@@ -218,6 +223,7 @@ def test_convert_roundtrip_runs_as_a_job(cluster, ws):
     assert log.count("PASS") >= 1 and "FAIL" not in log, log
 
 
+@pytest.mark.slurm
 def test_data_prep_runs_as_a_cpu_job(cluster, ws):
     """data_prep.sh on the CPU partition, workers from --cpus-per-task; the dataset reads back."""
     raw = ws / "raw" / "code.jsonl"
@@ -255,6 +261,7 @@ def test_data_prep_workers_follow_the_allocation(monkeypatch):
     assert _cores() == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slurm
 def test_generate_runs_as_a_job(cluster, ws):
     """generate.sh runs `python -m inference ...`: here the shipped problems' canonical solutions,
     scored in the sandbox inside the job (namespaces work under slurmd too)."""

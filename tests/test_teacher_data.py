@@ -178,6 +178,7 @@ def test_generate_continues_after_a_kill(teacher, tmp_path, capsys):
     assert mine.read_text() == "my own notes\n"
 
 
+@pytest.mark.training
 def test_teacher_data_trains_the_student(teacher, tmp_path_factory, capsys):
     from inference.__main__ import main
     from inference.problems import load

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_data import write_indexed_dataset
 
+from megatron_cpu.compat import import_bridge
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +63,7 @@ def pretrained(ws):
     return ws
 
 
+@pytest.mark.training
 def test_pretrain_learns_and_leaves_a_checkpoint(pretrained):
     rows = metrics(pretrained, "gpt-oss-tiny-pretrain")
     assert [r["step"] for r in rows] == list(range(1, 21))
@@ -75,6 +78,7 @@ def test_pretrain_learns_and_leaves_a_checkpoint(pretrained):
     assert (pretrained / "results" / "gpt-oss-tiny-pretrain" / "metrics.png").stat().st_size > 1000
 
 
+@pytest.mark.training
 def test_resume_continues_the_same_loss_curve(ws):
     """Stop after 3 of 6 steps (checkpoint and exit 75), rerun: steps 4-6 equal an uninterrupted run's."""
     full = run_recipe(
@@ -141,6 +145,7 @@ def test_document_boundaries_reach_the_model(ws, tmp_path):
     input and as a label with loss. (With the release's pad token, which is our EOD, GPTDataset
     rewrote each EOD input to id 0 and masked each EOD label; its cached loss mask then made the
     mask depend on sample order, which is how a resumed run came to diverge.)"""
+    import_bridge()
     from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -219,6 +224,7 @@ def _from_pretrained(ws: Path) -> str:
     return "checkpoint.pretrained_checkpoint=" + str(ws / "checkpoints" / "gpt-oss-tiny-pretrain")
 
 
+@pytest.mark.training
 def test_full_sft_on_packed_harmony_data(sft_data):
     """finetune() from the pretrained checkpoint on packed sequences (megatron_cpu.model gives the CPU
     attention the block-diagonal mask that TE's THD kernels apply on a GPU)."""
@@ -237,9 +243,8 @@ def lora_run(sft_data):
     return sft_data / "checkpoints" / "gpt-oss-tiny-lora"
 
 
+@pytest.mark.training
 def test_lora_trains_only_the_adapters(sft_data, lora_run):
-    from megatron_cpu.compat import import_bridge
-
     import_bridge()
     import torch.distributed as dist
     from megatron.core.dist_checkpointing import load_plain_tensors
@@ -261,6 +266,7 @@ def test_lora_trains_only_the_adapters(sft_data, lora_run):
     assert all(float(tensors[k].abs().max()) > 0 for k in weights if k.endswith("linear_out.weight"))
 
 
+@pytest.mark.training
 def test_lora_export_merged_and_peft_adapter_reproduce_the_run(sft_data, lora_run, tmp_path):
     """`conversion export` of a LoRA run: the merged HF weights and the PEFT adapter on the base's
     HF export both give the logits of Megatron's base + adapters (bf16 export: bf16 tolerance),

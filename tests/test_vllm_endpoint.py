@@ -95,6 +95,7 @@ def assert_same_greedy(hf, prompt: list[int], ours: list[int], theirs: list[int]
     return len(ours)
 
 
+@pytest.mark.vllm
 @needs_vllm
 def test_greedy_tokens_and_prompt_ids_equal_the_kits(served, hf):
     from inference import chat
@@ -121,6 +122,7 @@ def test_greedy_tokens_and_prompt_ids_equal_the_kits(served, hf):
     assert compared >= len(prompts) * 12 // 2, compared  # most of the tokens, not only up to early ties
 
 
+@pytest.mark.vllm
 @needs_vllm
 def test_eval_code_through_the_endpoint_equals_the_hf_backend(served, tmp_path, monkeypatch):
     url, name, model = served
@@ -143,6 +145,7 @@ def test_eval_code_through_the_endpoint_equals_the_hf_backend(served, tmp_path, 
     assert all(len(p["completions"]) == 4 for p in s1["problems"])
 
 
+@pytest.mark.vllm
 @needs_vllm
 def test_a_model_the_server_does_not_serve(served, capsys):
     url, name, _ = served
