@@ -104,7 +104,7 @@ def reference_job(cluster, ws):
         recipe="gpt_oss_tiny_pretrain",
         sbatch=ONE_CPU,
     )
-    return job, cluster.wait(job, timeout=400)
+    return job, cluster.wait(job, timeout=900)
 
 
 @pytest.mark.slurm
@@ -128,7 +128,7 @@ def test_tiny_pretrain_job_completes_with_a_checkpoint(reference_job, ws):
 @pytest.mark.slurm
 def test_a_layout_that_does_not_fit_fails_in_the_batch_shell(cluster, ws):
     job = submit(cluster, ws, "pretrain_20b.sh", sbatch=("--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2"))
-    info = cluster.wait(job, timeout=200)
+    info = cluster.wait(job, timeout=600)
     text = output(ws, job)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "3:0", text
     assert "world size 2 is not divisible by TP*PP*CP = 2*4*1 = 8" in text
@@ -151,7 +151,7 @@ def test_two_nodes_join_one_process_group(cluster, ws):
             sbatch=("--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1"),
             env=stale,
         )
-        info = cluster.wait(job, timeout=200)
+        info = cluster.wait(job, timeout=600)
     assert info["JobState"] == "COMPLETED", output(ws, job)
     logs = ws / "logs" / f"check_rendezvous-{job}"
     lines = [(logs / f"rank-{r}.log").read_text() for r in (0, 1)]
@@ -196,7 +196,7 @@ def test_preempted_job_checkpoints_requeues_and_finishes_the_same(cluster, ws, r
         time.sleep(0.5)
     time.sleep(3)
     cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False)
-    info = cluster.wait(job, timeout=400, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    info = cluster.wait(job, timeout=900, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     text = output(ws, job)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text
     assert "requeueing job" in text and "restart 1" in text
@@ -214,7 +214,7 @@ def test_convert_roundtrip_runs_as_a_job(cluster, ws):
     hf = make_random_hf(ws / "models" / "gpt-oss-tiny" / "hf", TINY, seed=3)
     work = ws / "cache" / "roundtrip"
     job = submit(cluster, ws, "convert.sh", "roundtrip", "--hf", str(hf), "--work", str(work), sbatch=ONE_CPU)
-    info = cluster.wait(job, timeout=400)
+    info = cluster.wait(job, timeout=900)
     log = (ws / "logs" / f"convert-{job}" / "rank-0.log").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output(ws, job) + log
     assert (work / "hf-export" / "model.safetensors.index.json").exists() or list(
