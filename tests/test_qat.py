@@ -232,6 +232,7 @@ def qad(ws):
         ws, "gpt_oss_tiny_qad_mxfp4", f"train.train_iters={STEPS}", f"checkpoint.save={run}", f"checkpoint.load={run}",
         f"checkpoint.pretrained_checkpoint={start}", f"model.teacher.pretrained_checkpoint={start}",
         "optimizer.lr=4e-4", "optimizer.min_lr=4e-4", "train.global_batch_size=8", "train.micro_batch_size=8",
+        timeout=1500,  # student + teacher, 12 steps of 8 x 128: ~6 min alone, ~10 beside another worker's run
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert mxfp4.is_qat_run(run)
