@@ -61,9 +61,18 @@ PYEOF
     exit 0
 fi
 
+# Only folders this script made are replaced: it marks them (a BUNDLE_DIR of the user's is refused).
+MARK=.kit-device-bundle
+for d in "$OUT" "$OUT.partial"; do
+    if [[ -e $d && ! -e $d/$MARK ]]; then
+        echo "device bundle: $d exists and was not made by bench/device_bundle.sh; move it or set BUNDLE_DIR elsewhere" >&2
+        exit 1
+    fi
+done
 tmp="$OUT.partial"
 rm -rf "$tmp"
 mkdir -p "$tmp"
+touch "$tmp/$MARK"
 grep -vE '^\s*(#|$)' "$LOCK" > "$tmp/.lock.txt"
 # --require-hashes: every file is the one the lock names, byte for byte
 grep -vE "^($SDIST_ONLY)==" "$tmp/.lock.txt" > "$tmp/.binary.txt" || true

@@ -217,3 +217,11 @@ def test_bundle_builds_from_the_lock_under_60_mib(tmp_path):
     assert sum(p.stat().st_size for p in out.iterdir()) <= 60 * 2**20
     assert (out / "o200k_base.tiktoken.gz").stat().st_size > 1_000_000
     assert not (tmp_path / "bundle.partial").exists()
+    # a folder it did not make is refused, untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    run = subprocess.run(["bash", "bench/device_bundle.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "BUNDLE_DIR": str(mine), "PY": sys.executable})  # fmt: skip
+    assert run.returncode == 1 and "was not made by bench/device_bundle.sh" in run.stderr, run.stderr
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
