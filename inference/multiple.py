@@ -24,15 +24,15 @@ what this closes.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace  # noqa: F401 - replace: variants of a Language
 from pathlib import Path
 
-from inference.sandbox import Limits, Step, StepsResult, run_steps
+from inference.problems import Problem
+from inference.sandbox import Limits, Result, Step, StepsResult, run_steps
 
 JVM = ("-Xmx256m", "-Xss1m", "-XX:+UseSerialGC", "-XX:ReservedCodeCacheSize=64m", "-XX:MaxMetaspaceSize=192m",
        "-XX:CompressedClassSpaceSize=64m", "-XX:TieredStopAtLevel=1")  # fmt: skip
@@ -177,60 +177,14 @@ def missing_toolchain(lang: Language) -> str | None:
     return f"{lang.name} needs {', '.join(missing)}: {how} (or `make eval-toolchains`)"
 
 
-@dataclass(frozen=True)
-class MultiplProblem:
-    name: str
-    language: str  # the row's code ("cpp", "java", ...)
-    prompt: str
-    tests: str
-    stop_tokens: tuple[str, ...]
-
-
-def load_rows(path: str | Path) -> list[MultiplProblem]:
-    """MultiPL-E rows from JSONL or parquet; ValueError naming the row for anything malformed."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(p, columns=["name", "language", "prompt", "tests", "stop_tokens"]).to_pylist()
-    else:
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    out = []
-    for n, r in enumerate(rows, 1):
-        missing = [k for k in ("name", "language", "prompt", "tests", "stop_tokens") if k not in r]
-        if missing:
-            raise ValueError(f"{p}: row {n} is not a MultiPL-E row (missing {', '.join(missing)})")
-        language(r["language"])
-        out.append(MultiplProblem(r["name"], r["language"], r["prompt"], r["tests"], tuple(r["stop_tokens"])))
-    return out
-
-
-def is_multipl_row(obj: dict) -> bool:
-    return isinstance(obj, dict) and {"name", "language", "prompt", "tests", "stop_tokens"} <= set(obj)
-
-
-def truncate(completion: str, stop_tokens: Sequence[str]) -> str:
-    """Cut at the first stop token, as MultiPL-E's generation does."""
-    cut = min((i for i in (completion.find(s) for s in stop_tokens) if i != -1), default=len(completion))
-    return completion[:cut]
-
-
-@dataclass
-class Verdict:
-    status: str  # passed | failed | timeout
-    reason: str
-    stdout: str
-    stderr: str
-    wall_s: float
-
-
-def program(problem: MultiplProblem, completion: str) -> str:
+def program(problem: Problem, completion: str) -> str:
     """prompt + completion + "\\n" + tests (MultiPL-E's program), with the end-of-tests epilogue."""
-    return language(problem.language).epilogue(problem.prompt + completion + "\n" + problem.tests)
+    return language(problem.language).epilogue(problem.prompt + completion + "\n" + problem.test)
 
 
-def score_one(problem: MultiplProblem, completion: str, strategy: str = "auto", **sandbox) -> Verdict:
-    """Build and run one sample in the sandbox; see the module docstring for the verdict."""
+def score_one(problem: Problem, completion: str, strategy: str = "auto", **sandbox) -> Result:
+    """Build and run one sample of a MultiPL-E problem in the sandbox; see the module docstring
+    for the verdict (`reason` says why it did not pass)."""
     lang = language(problem.language)
     why = missing_toolchain(lang)
     if why is not None:
@@ -241,7 +195,9 @@ def score_one(problem: MultiplProblem, completion: str, strategy: str = "auto", 
                     max_processes=lang.max_processes)  # fmt: skip
     r = run_steps({lang.file: program(problem, completion)}, steps, limits, strategy, env=dict(lang.env), nonce=nonce,
                   **sandbox)  # fmt: skip
-    return Verdict(*_verdict(r, steps, nonce), r.stdout, r.stderr, r.wall_s)
+    status, reason = _verdict(r, steps, nonce)
+    rc = r.steps[-1]["rc"] if r.steps else None
+    return Result(status, rc, r.stdout, r.stderr, r.wall_s, r.strategy, reason)
 
 
 def _verdict(r: StepsResult, steps: list[Step], nonce: str) -> tuple[str, str]:

@@ -398,11 +398,17 @@ def init_process_groups(
 
     Rank and world size default to torchrun's RANK/WORLD_SIZE (or 0/1). The backend defaults to
     gloo without CUDA and nccl with it. MASTER_ADDR/PORT default to 127.0.0.1:29500 unless set (one process: no port at all).
-    Idempotent for an already initialized process group: only parallel_state is (re)built.
+    Idempotent: an initialized multi-rank group keeps its process group and only parallel_state is
+    rebuilt; a one-process group is torn down and rebuilt whole (see below).
     Also seeds Megatron's model-parallel RNG tracker (its CPU part), which model construction uses.
     """
     import torch.distributed as dist
 
+    if dist.is_initialized() and dist.get_world_size() == 1 and parallel_state.model_parallel_is_initialized():
+        # destroy_model_parallel() forgets Megatron's ~30 subgroups but torch keeps them: each gloo
+        # group holds its own threads (a test worker that re-initialized a few dozen times had 380
+        # gloo_tcp_loop threads spinning, a third of a core). One process rebuilds from scratch.
+        destroy_parallel()
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size

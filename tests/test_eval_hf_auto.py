@@ -159,6 +159,23 @@ def test_cli_generate_and_eval_code(model_dir, tmp_path, monkeypatch, capsys):
     assert [p["task_id"] for p in r["problems"]] == ["HumanEval/0", "HumanEval/1"]
     assert r["model_type"] == arch and r["mode"] == "raw" and r["problems"][0]["statuses"][0] in ("failed", "timeout")
     assert all("\ndef " not in p["completions"][0] for p in r["problems"])  # HumanEval's stops applied
+    # a MultiPL-E row (JavaScript): generated to its own stop tokens, run by node with its tests
+    from test_multiple import _js_rows
+
+    from inference import multiple
+
+    if multiple.missing_toolchain(multiple.language("js")):
+        pytest.skip(multiple.missing_toolchain(multiple.language("js")))
+    rows = _js_rows()[:1]
+    (tmp_path / "js.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    args = ["eval", "code", path, "--problems", str(tmp_path / "js.jsonl"), "--max-new-tokens", "16", "--label", "js"]
+    assert main(args) == 0
+    r = json.loads((tmp_path / "ws/results/js/eval_code.json").read_text())
+    (p,) = r["problems"]
+    assert r["languages"] == ["js"] and p["task_id"] == "HumanEval_0_add"
+    assert not any(stop in p["completions"][0] for stop in rows[0]["stop_tokens"])
+    # random weights write no valid body: node ran the program and it failed (a syntax error or an assertion)
+    assert p["statuses"] == ["failed"] and p["errors"][0].startswith("exit status"), p["errors"]
 
 
 def test_not_a_causal_lm_is_a_clear_error(tmp_path, capsys):

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from inference import multiple
-from inference.multiple import MultiplProblem, load_rows, score_one
+from inference import codeeval, multiple
+from inference.__main__ import main
+from inference.multiple import score_one
+from inference.problems import Problem, load_problems
 from inference.sandbox import probe_namespaces
 
 pytestmark = pytest.mark.skipif(probe_namespaces() is not None, reason=f"namespaces unavailable: {probe_namespaces()}")
@@ -123,9 +125,9 @@ EXPECTED = {"correct": ("passed", ""), "wrong": ("failed", "exit status"), "loop
             "exit0": ("failed", "before its tests finished")}  # fmt: skip
 
 
-def problem(code: str) -> MultiplProblem:
+def problem(code: str) -> Problem:
     prompt, tests, _ = CASES[code]
-    return MultiplProblem(f"kit_add_{code}", code, prompt, tests, ())
+    return Problem(f"kit_add_{code}", prompt, tests, language=code)
 
 
 @pytest.mark.parametrize("code", sorted(CASES))
@@ -178,7 +180,7 @@ def test_a_compiled_program_sees_no_answer_key_and_cannot_write_outside(tmp_path
             "    return f ? x + y : x - y;\n"
         )
         prompt = "#include<unistd.h>\n" + CASES["cpp"][0]
-        v = score_one(MultiplProblem("k", "cpp", prompt, CASES["cpp"][1], ()), body)
+        v = score_one(Problem("k", prompt, CASES["cpp"][1], language="cpp"), body)
         assert v.status == "failed" and "exit status" in v.reason, v  # the key was not there: x - y
         assert not escape.exists()
         assert v.wall_s < 60
@@ -186,24 +188,118 @@ def test_a_compiled_program_sees_no_answer_key_and_cannot_write_outside(tmp_path
         key.unlink()
 
 
+def _js_rows(stop_tokens=("\nfunction ", "\n/*", "\n//", "\nconsole.log")) -> list[dict]:
+    """Two MultiPL-E-style JavaScript rows (MultiPL-E's stop tokens for JS), with the extra fields
+    the dataset's rows carry."""
+    prompt, tests, _ = CASES["js"]
+    sub = (prompt.replace("Add", "Subtract").replace("add", "sub"),
+           tests.replace("add", "sub").replace(",5)", ",-1)").replace(",0)", ",-2)"))  # fmt: skip
+    return [{"name": name, "language": "js", "prompt": pr, "tests": te, "stop_tokens": list(stop_tokens),
+             "doctests": "transform", "original": "x"} for name, pr, te in
+            (("HumanEval_0_add", prompt, tests), ("HumanEval_1_sub", *sub))]  # fmt: skip
+
+
 def test_rows_load_from_jsonl_and_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"name": f"HumanEval_0_{c}", "language": c, "prompt": CASES[c][0], "tests": CASES[c][1],
-             "stop_tokens": ["\n}"], "doctests": "keep", "original": "x"} for c in ("cpp", "js")]  # fmt: skip
+    rows = _js_rows() + [{"name": "HumanEval_0_cpp", "language": "cpp", "prompt": CASES["cpp"][0],
+                          "tests": CASES["cpp"][1], "stop_tokens": ["\n}"]}]  # fmt: skip
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    pq.write_table(pa.Table.from_pylist([{**r, "doctests": "", "original": ""} for r in rows]), tmp_path / "p.parquet")
     for name in ("p.jsonl", "p.parquet"):
-        got = load_rows(tmp_path / name)
-        assert [(p.name, p.language, p.stop_tokens) for p in got] == [
-            ("HumanEval_0_cpp", "cpp", ("\n}",)),
-            ("HumanEval_0_js", "js", ("\n}",)),
+        got = load_problems(tmp_path / name)
+        assert [(p.task_id, p.language, p.stop_tokens, p.multipl) for p in got] == [
+            ("HumanEval_0_add", "js", ("\nfunction ", "\n/*", "\n//", "\nconsole.log"), True),
+            ("HumanEval_1_sub", "js", ("\nfunction ", "\n/*", "\n//", "\nconsole.log"), True),
+            ("HumanEval_0_cpp", "cpp", ("\n}",), True),
         ]
+        assert got[2].prompt == CASES["cpp"][0] and got[2].test == CASES["cpp"][1] and not got[2].canonical_solution
     (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "language": "cobol"}) + "\n")
-    with pytest.raises(ValueError, match="'cobol' is not one the kit runs"):
-        load_rows(tmp_path / "bad.jsonl")
-    assert multiple.truncate("    return x;\n}\nint main() {", ["\n}"]) == "    return x;"
+    with pytest.raises(ValueError, match=r"^HumanEval_0_add: MultiPL-E language 'cobol' is not one the kit runs"):
+        codeeval.check_toolchains(load_problems(tmp_path / "bad.jsonl"))
+    (tmp_path / "stops.jsonl").write_text(json.dumps({**rows[0], "stop_tokens": "\n}"}) + "\n")
+    with pytest.raises(ValueError, match=r"stops.jsonl:1: a MultiPL-E row needs .* bad: stop_tokens"):
+        load_problems(tmp_path / "stops.jsonl")
+    pq.write_table(pa.Table.from_pylist([{"name": "x", "prompt": "p"}]), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match=r"not MultiPL-E's parquet \(no column language, tests, stop_tokens\)"):
+        load_problems(tmp_path / "other.parquet")
+    # MultiPL-E's truncation: at the first of the row's stop tokens
+    assert codeeval.truncate_completion("    return x;\n}\nint main() {", got[2].stop_tokens) == "    return x;"
+
+
+def _needs_node():
+    why = multiple.missing_toolchain(multiple.language("js"))
+    if why:
+        pytest.skip(why)
+
+
+def test_cli_scores_multipl_e_samples_and_bigcode_generations(tmp_path, monkeypatch, capsys):
+    """`eval code --problems ROWS --samples FILE` with MultiPL-E rows: human-eval-style JSONL keyed by
+    the rows' names, and bigcode-evaluation-harness's generations (whole programs, by position)."""
+    _needs_node()
+    monkeypatch.setenv("WORKSPACE", str(tmp_path / "ws"))
+    rows = _js_rows()
+    probs = tmp_path / "humaneval-js.jsonl"
+    probs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    right = {"HumanEval_0_add": "  return x + y;\n}\n", "HumanEval_1_sub": "  return x - y;\n}\n"}
+    samples = [{"task_id": "HumanEval_0_add", "completion": right["HumanEval_0_add"]},
+               {"task_id": "HumanEval_0_add", "completion": "  return x * y;\n}\n"},
+               {"task_id": "HumanEval_1_sub", "completion": right["HumanEval_1_sub"]},
+               {"task_id": "HumanEval_1_sub", "completion": "  process.exit(0);\n}\n"}]  # fmt: skip
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    assert main(["eval", "code", "--problems", str(probs), "--samples", str(tmp_path / "s.jsonl"), "--k", "1,2"]) == 0
+    rec = json.loads((tmp_path / "ws/results/s/eval_code.json").read_text())
+    assert rec["languages"] == ["js"] and rec["pass_at_k"] == {"1": 0.5, "2": 1.0}
+    assert [p["statuses"] for p in rec["problems"]] == [["passed", "failed"], ["passed", "failed"]]
+    assert "exit status" in rec["problems"][0]["errors"][1]
+    assert "before its tests finished" in rec["problems"][1]["errors"][1]
+    # bigcode's generations: prompt + completion per sample, matched to the rows by position
+    gens = [[r["prompt"] + right[r["name"]], r["prompt"] + "  return 0;\n}\n"] for r in rows]
+    (tmp_path / "generations.json").write_text(json.dumps(gens))
+    assert main(["eval", "code", "--problems", str(probs), "--samples", str(tmp_path / "generations.json"),
+                 "--k", "1"]) == 0  # fmt: skip
+    rec = json.loads((tmp_path / "ws/results/generations/eval_code.json").read_text())
+    assert [p["statuses"] for p in rec["problems"]] == [["passed", "failed"], ["passed", "failed"]]
+    # rows have no canonical solution: --canonical says so in one line
+    capsys.readouterr()
+    assert main(["eval", "code", "--problems", str(probs), "--canonical"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no canonical_solution" in err and "HumanEval_0_add" in err and len(err.splitlines()) == 1
+
+
+def test_pipeline_generates_each_language_to_its_own_stop_tokens(tmp_path):
+    """HumanEval Python and MultiPL-E JavaScript in one run: each problem's completion is cut at its
+    own stop strings (JS: "\\nfunction "; Python: HumanEval's), then scored by its own path (the
+    trusted judge, the JS program with its tests). A scripted model writes the right body, then
+    what a base model writes next."""
+    _needs_node()
+    from test_eval import ScriptedBackend, _raw_scripts
+
+    from inference.problems import load
+    from inference.sampling import SamplingParams
+
+    (tmp_path / "js.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _js_rows()))
+    js = load_problems(tmp_path / "js.jsonl")
+    py = load("kit")[:2]
+    problems = [py[0], js[0], py[1], js[1]]
+    body = {"HumanEval_0_add": "  return x + y;\n}\n", "HumanEval_1_sub": "  return x - y;\n}\n"}
+
+    def answer(p):
+        if p.multipl:  # a Python-style stop ("\n#") would not cut; JS's "\nfunction " must
+            return body[p.task_id] + "\n# not js\nfunction extra() {}\n"
+        return p.canonical_solution + "\n\ndef main():\n    print(1)\n"
+
+    backend = ScriptedBackend(_raw_scripts(problems, answer))
+    comps = codeeval.sample_completions(backend, problems, 1, SamplingParams(max_new_tokens=200), "raw", batch_size=3)
+    assert [c[0] for c in comps] == [py[0].canonical_solution + "\n", body["HumanEval_0_add"] + "\n# not js",
+                                      py[1].canonical_solution + "\n", body["HumanEval_1_sub"] + "\n# not js"]  # fmt: skip
+    r = codeeval.score(problems, comps, ks=(1,))
+    assert [p.statuses for p in r.problems] == [["passed"], ["failed"], ["passed"], ["failed"]]  # "# not js"
+    comps = [[c[0].removesuffix("\n# not js")] for c in comps]
+    assert codeeval.score(problems, comps, ks=(1,)).pass_at_k == {"1": 1.0}
+    with pytest.raises(ValueError, match="--mode chat asks for Python; these problems are MultiPL-E rows in js"):
+        codeeval.check_mode(None, "chat", problems)
 
 
 def test_a_missing_toolchain_is_one_line_naming_the_package(monkeypatch):

@@ -143,6 +143,24 @@ def test_eval_code_through_the_endpoint_equals_the_hf_backend(served, tmp_path, 
     s1, s2 = (json.loads((tmp_path / f"ws/results/{x}/eval_code.json").read_text()) for x in ("s1", "s2"))
     assert [p["completions"] for p in s1["problems"]] == [p["completions"] for p in s2["problems"]]
     assert all(len(p["completions"]) == 4 for p in s1["problems"])
+    # MultiPL-E rows (JavaScript) through the endpoint: the rows' stop strings go to the server, and
+    # the completions are those of the HF backend, cut the same way, then run by node
+    from test_multiple import _js_rows
+
+    from inference import multiple
+
+    if multiple.missing_toolchain(multiple.language("js")):
+        pytest.skip(multiple.missing_toolchain(multiple.language("js")))
+    rows = _js_rows()
+    (tmp_path / "js.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    js = ["--problems", str(tmp_path / "js.jsonl"), "--max-new-tokens", "24", "--k", "1"]
+    assert main(["eval", "code", "--endpoint", url, "--model", name, "--label", "ep-js", *js]) == 0
+    assert main(["eval", "code", str(model), "--dtype", "bfloat16", "--label", "hf-js", *js]) == 0
+    ep, hf = (json.loads((tmp_path / f"ws/results/{x}/eval_code.json").read_text()) for x in ("ep-js", "hf-js"))
+    assert ep["languages"] == hf["languages"] == ["js"]
+    assert sum(a["completions"] == b["completions"] for a, b in zip(ep["problems"], hf["problems"])) >= 1
+    assert not any(stop in c for p in ep["problems"] for c in p["completions"] for stop in rows[0]["stop_tokens"])
+    assert all(p["statuses"] == ["failed"] and p["errors"][0].startswith("exit status") for p in ep["problems"])
 
 
 @pytest.mark.vllm

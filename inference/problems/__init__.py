@@ -8,6 +8,9 @@
   "canonical_solution" (optional)} or MBPP's original {"task_id", "text", "code", "test_list",
   "test_setup_code" (optional)}, which becomes a prompt (the description and the first test as a
   docstring) and a test (setup code and the asserts). `.jsonl.gz` is read too.
+- PATH of MultiPL-E rows (dataset `nuprl/MultiPL-E`, configs `humaneval-<lang>` and `mbpp-<lang>`,
+  as it publishes them: JSONL, or its `.parquet` files) {"name", "language", "prompt", "tests",
+  "stop_tokens", ...}: each row in its own language, run by inference.multiple.
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ def resolve(spec: str | os.PathLike) -> Path:
 
 
 def load(spec: str | os.PathLike) -> list[Problem]:
-    """Problems of a built-in set ("humaneval", "kit") or a JSONL file."""
+    """Problems of a built-in set ("humaneval", "kit") or a file (JSONL, MultiPL-E's parquet)."""
     return load_problems(resolve(spec))
+
+
+MULTIPL_FIELDS = ("name", "language", "prompt", "tests", "stop_tokens")  # what a MultiPL-E row must have
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,36 @@ class Problem:
     test: str
     entry_point: str = ""  # empty: the test is a script of asserts (MBPP), no check() to call
     canonical_solution: str = ""
+    # a MultiPL-E row's `language` ("cpp", "java", "py", ...; see inference.multiple); empty for
+    # HumanEval/MBPP-format Python, whose tests the trusted judge runs
+    language: str = ""
+    stop_tokens: tuple[str, ...] = ()  # the row's own (MultiPL-E); HumanEval's are codeeval.HUMANEVAL_STOPS
+
+    @property
+    def multipl(self) -> bool:
+        """A MultiPL-E row: its program is prompt + completion + "\\n" + tests, run as one."""
+        return bool(self.language)
+
+
+def _multipl_problem(obj: dict, where: str) -> Problem:
+    """A row as MultiPL-E publishes it; its language is checked where it runs (codeeval.check_toolchains)."""
+    bad = [k for k in MULTIPL_FIELDS[:4] if not isinstance(obj.get(k), str)]
+    stops = obj.get("stop_tokens")
+    if bad or not (isinstance(stops, (list, tuple)) and all(isinstance(x, str) for x in stops)):
+        raise ValueError(f"{where}: a MultiPL-E row needs strings {', '.join(MULTIPL_FIELDS[:4])} and a list "
+                         f"of strings stop_tokens; bad: {', '.join(bad or ['stop_tokens'])}")  # fmt: skip
+    return Problem(obj["name"], obj["prompt"], obj["tests"], language=obj["language"], stop_tokens=tuple(stops))
+
+
+def _parquet_rows(p: Path) -> Iterator[tuple[int, Any]]:
+    """MultiPL-E's parquet files (row number, row): the dataset's only non-JSON format."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(p).names
+    missing = [k for k in MULTIPL_FIELDS if k not in names]
+    if missing:
+        raise ValueError(f"{p}: not MultiPL-E's parquet (no column {', '.join(missing)})")
+    yield from enumerate(pq.read_table(p, columns=list(MULTIPL_FIELDS)).to_pylist(), 1)
 
 
 def jsonl_rows(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -71,15 +107,22 @@ def jsonl_rows(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]
 
 
 def load_problems(path: str | os.PathLike) -> list[Problem]:
-    """Read a JSONL problem file; ValueError naming the line for anything malformed."""
+    """Read a problem file (module docstring); ValueError naming the line for anything malformed."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such problem file (built-in sets: {', '.join(BUILTIN)})")
-    text = gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+    if p.suffix == ".parquet":
+        rows = _parquet_rows(p)
+    else:
+        rows = jsonl_rows(gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text(), p)
     problems: list[Problem] = []
     seen: set[str] = set()
-    for n, obj in jsonl_rows(text, p):
-        if "test_list" in obj:  # MBPP's original format
+    for n, obj in rows:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}:{n}: a problem is a JSON object")
+        if "language" in obj and "tests" in obj:  # MultiPL-E
+            prob = _multipl_problem(obj, f"{p}:{n}")
+        elif "test_list" in obj:  # MBPP's original format
             tests = list(obj["test_list"])
             setup = obj.get("test_setup_code") or ""
             prompt = f'"""\n{obj["text"]}\n{tests[0] if tests else ""}\n"""\n'
@@ -87,7 +130,8 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         else:
             missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(obj.get(k), str)]
             if missing:
-                raise ValueError(f"{p}:{n}: missing string field(s) {', '.join(missing)} (HumanEval format expected)")
+                raise ValueError(f"{p}:{n}: missing string field(s) {', '.join(missing)} (HumanEval, MBPP or "
+                                 "MultiPL-E format expected)")  # fmt: skip
             prob = Problem(
                 obj["task_id"], obj["prompt"], obj["test"], obj["entry_point"], obj.get("canonical_solution", "")
             )
