@@ -500,7 +500,7 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
         "endpoint": {"url": args.endpoint, "model": args.model} if args.endpoint else None,
         "samples_file": str(Path(args.samples).absolute()) if args.samples else None,
         "command": _command(argv),
-        "problems": args.problems if args.problems in ("humaneval", "kit") else "file",
+        "problem_set": args.problems if args.problems in ("humaneval", "kit") else "file",  # ("problems": per problem)
         "problems_file": str(problems_file.absolute()),
         "languages": sorted({p.language or "python" for p in problems}),
         "mode": mode,

@@ -14,7 +14,8 @@ stub of the entry point is replaced by the proxy, names the tests use that nothi
 standard-library modules (imported) or the sample's globals (proxies, MBPP's `assert f(...)`).
 
 Spec on stdin (JSON): prompt, test, entry_point, free_names, req_fd, resp_fd, memory_bytes, cpu_s,
-site_packages. Verdict on stdout, one JSON line: {"status": "passed"|"failed"|"unsupported", "reason": str}.
+site_packages. Verdict on stdout, one JSON line: {"status": "passed"|"failed"|"unsupported", "reason": str,
+"parts": {name: status}} (parts: what the tests put in `kit_parts`, EvalPlus's base and plus).
 "unsupported": the tests need something that cannot cross the boundary (an argument that is not a
 plain value); recorded as such, never counted as a pass.
 """
@@ -124,7 +125,7 @@ def _failure_line(exc: BaseException, test: str) -> str:
     """`Type: message` plus the line of the tests that failed, for the report."""
     where, tb = "", exc.__traceback__
     lines = test.splitlines()
-    while tb is not None:
+    while tb is not None and not getattr(exc, "kit_self_explained", False):
         if tb.tb_frame.f_code.co_filename == "<test>" and 0 < tb.tb_lineno <= len(lines):
             where = f" at test line {tb.tb_lineno}: {lines[tb.tb_lineno - 1].strip()}"
         tb = tb.tb_next
@@ -134,8 +135,7 @@ def _failure_line(exc: BaseException, test: str) -> str:
     return (text[:400] + where)[:800]
 
 
-def judge(spec: dict, channel: Channel) -> dict:
-    ns: dict = {"__name__": "__judge__", "__builtins__": builtins}
+def judge(spec: dict, channel: Channel, ns: dict) -> dict:
     _trusted_prompt(ns, spec["prompt"])
     test = _compile(spec["test"], "<test>")
     entry = spec["entry_point"]
@@ -173,14 +173,20 @@ def main() -> None:
     verdict = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the tests print goes to stderr: stdout carries the verdict only
     channel = Channel(wire, spec["req_fd"], spec["resp_fd"])
+    # kit_decode: data the harness attached to the tests (wire-encoded JSON: tuples and sets survive);
+    # kit_parts: verdicts of parts of the tests (EvalPlus's base and plus), returned with the verdict
+    parts: dict = {}
+    ns = {"__name__": "__judge__", "__builtins__": builtins, "kit_parts": parts,
+          "kit_decode": lambda text: wire.decode(wire.loads(text))}  # fmt: skip
     try:
-        result = judge(spec, channel)
+        result = judge(spec, channel, ns)
     except Unsupported as e:
         result = {"status": "unsupported", "reason": str(e)}
     except SampleGone as e:
         result = {"status": "failed", "reason": str(e)}
     except BaseException as e:  # noqa: BLE001 - an assertion, the sample's exception, a malformed answer: failed
         result = {"status": "failed", "reason": _failure_line(e, spec["test"])}
+    result["parts"] = {str(k): str(v) for k, v in parts.items()}
     verdict.write(wire.dumps(result) + "\n")
     verdict.flush()
 

@@ -2,11 +2,12 @@
 
 Problems are JSONL, one per line, in HumanEval's format
     {"task_id", "prompt", "test", "entry_point", "canonical_solution" (optional)}
-(HumanEval, HumanEval+ / MBPP+ as evalplus exports them, or your own), or MBPP's original format
+(HumanEval, or your own), or MBPP's original format
     {"task_id", "text", "code", "test_list", "test_setup_code" (optional)}
 which is turned into a prompt (the description and the first test as a docstring) and a test
-(setup code and the asserts), or MultiPL-E's rows in their own languages (inference.problems,
-inference.multiple). The kit ships `problems/kit_humaneval.jsonl`, small problems written for it (no
+(setup code and the asserts), MultiPL-E's rows in their own languages (inference.multiple), or
+EvalPlus's HumanEval+ / MBPP+ rows, tested on inputs against the canonical solution's outputs
+(inference.evalplus). The kit ships `problems/kit_humaneval.jsonl`, small problems written for it (no
 benchmark data is redistributed).
 
 A sample's program is `prompt + completion`; it runs in the sandbox as a server of calls, and the
@@ -37,10 +38,10 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from inference import multiple
+from inference import evalplus, multiple
 from inference.problems import SHIPPED, Problem, jsonl_rows, load_problems  # noqa: F401 - re-exported
 from inference.sandbox import Limits, run_judged
 from kit.fs import write_text_atomic
@@ -145,8 +146,6 @@ def sample_completions(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[str]]:
     """n completions per problem (a list of n strings each), batched across problems and samples."""
-    from dataclasses import replace
-
     from inference import chat
     from inference.codec import codec_of
     from inference.sampling import generate
@@ -292,16 +291,21 @@ class ProblemResult:
     statuses: list[str]
     completions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the tail of stderr of each failed sample
+    base_statuses: list[str] = field(default_factory=list)  # EvalPlus: the base tests alone (statuses: base + plus)
 
 
 @dataclass
 class CodeEvalResult:
-    pass_at_k: dict[str, float]
+    pass_at_k: dict[str, float]  # EvalPlus problems: the plus figure (HumanEval+, MBPP+)
     problems: list[ProblemResult]
     sandbox: str
+    pass_at_k_base: dict[str, float] | None = None  # EvalPlus problems: their base tests (HumanEval, MBPP)
 
     def to_dict(self) -> dict:
-        return {"pass_at_k": self.pass_at_k, "sandbox": self.sandbox, "problems": [asdict(p) for p in self.problems]}
+        d = {"pass_at_k": self.pass_at_k, "sandbox": self.sandbox, "problems": [asdict(p) for p in self.problems]}
+        if self.pass_at_k_base is not None:
+            d["pass_at_k_base"] = self.pass_at_k_base
+        return d
 
 
 def score(
@@ -324,6 +328,7 @@ def score(
     strategy = resolve_strategy(strategy)  # fail before running anything when isolation is missing
     check_toolchains(problems)
     limits = limits or Limits()
+    plus_tests = evalplus.prepare(problems, workers)  # EvalPlus: expected outputs, once per problem
     jobs = [(pi, si) for pi, comps in enumerate(completions) for si in range(len(comps))]
     hidden = tuple(str(Path(h).resolve()) for h in hide)
     done = 0
@@ -335,6 +340,10 @@ def score(
         p = problems[pi]
         if p.multipl:  # the language's own build and run, MultiPL-E's limits
             r = multiple.score_one(p, completions[pi][si], strategy)
+        elif p.evalplus is not None:  # EvalPlus's tests and time limits
+            test, wall_s = plus_tests[p.task_id]
+            r = run_judged(p.prompt, test, p.entry_point, sample_source(p, completions[pi][si], mode),
+                           replace(limits, timeout_s=wall_s), strategy, hide=hidden)  # fmt: skip
         else:
             r = run_judged(
                 p.prompt, p.test, p.entry_point, sample_source(p, completions[pi][si], mode), limits, strategy,
@@ -351,15 +360,25 @@ def score(
     per: list[ProblemResult] = [ProblemResult(p.task_id, len(c), 0, [], list(c)) for p, c in zip(problems, completions)]
     for (pi, _), r in zip(jobs, results):
         pr = per[pi]
-        pr.statuses.append(r.status)
-        pr.c += r.passed
-        pr.errors.append("" if r.passed else (r.reason or r.status)[:800])
+        status = r.status
+        if problems[pi].evalplus is not None:  # the judge's parts: each phase's own verdict
+            base = r.parts.get("base", "timeout" if r.status == "timeout" else "failed")
+            status = "passed" if r.passed else ("timeout" if "timeout" in r.parts.values() else r.status)
+            pr.base_statuses.append(base)
+        pr.statuses.append(status)
+        pr.c += status == "passed"
+        pr.errors.append("" if status == "passed" else (r.reason or r.status)[:800])
     n_min = min(p.n for p in per)
-    table = {}
-    for k in ks:
-        if k <= n_min:
-            table[str(k)] = sum(pass_at_k(p.n, p.c, k) for p in per) / len(per)
-    return CodeEvalResult(table, per, strategy)
+    table = _pass_at_k_table(per, ks, n_min, [p.c for p in per])
+    base_table = None
+    if any(p.evalplus is not None for p in problems):
+        base_c = [sum(s == "passed" for s in (pr.base_statuses or pr.statuses)) for pr in per]
+        base_table = _pass_at_k_table(per, ks, n_min, base_c)
+    return CodeEvalResult(table, per, strategy, base_table)
+
+
+def _pass_at_k_table(per: Sequence[ProblemResult], ks: Sequence[int], n_min: int, correct: Sequence[int]) -> dict:
+    return {str(k): sum(pass_at_k(p.n, c, k) for p, c in zip(per, correct)) / len(per) for k in ks if k <= n_min}
 
 
 def canonical_completions(problems: Sequence[Problem]) -> list[list[str]]:
@@ -375,5 +394,7 @@ def k_values(n: int, ks: Sequence[int]) -> list[int]:
 
 def summary_line(result: CodeEvalResult) -> str:
     parts = [f"pass@{k} {v:.4f}" for k, v in result.pass_at_k.items()]
+    if result.pass_at_k_base is not None:  # EvalPlus: plus first, as its leaderboard, then base
+        parts = ["plus " + ", ".join(parts), "base " + ", ".join(f"pass@{k} {v:.4f}" for k, v in result.pass_at_k_base.items())]
     solved = sum(p.c > 0 for p in result.problems)
-    return f"{', '.join(parts)}  ({solved}/{len(result.problems)} problems solved at least once; sandbox: {result.sandbox})"
+    return f"{'; '.join(parts)}  ({solved}/{len(result.problems)} problems solved at least once; sandbox: {result.sandbox})"

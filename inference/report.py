@@ -34,11 +34,11 @@ PUBLISHED = (
     {"label": "StarCoder2-15B", "pass@1": 0.463,
      "source": "Lozhkov et al. 2024, StarCoder 2 and The Stack v2: The Next Generation (arXiv:2402.19173), HumanEval pass@1"},
 )  # fmt: skip
-SETTINGS = ("problems", "n", "temperature", "mode", "max_new_tokens")
+SETTINGS = ("problem_set", "n", "temperature", "mode", "max_new_tokens")
 
 
 def on_humaneval(r: dict) -> bool:
-    return r.get("problems") == "humaneval" or str(r.get("problems_file", "")).endswith("HumanEval.jsonl.gz")
+    return r.get("problem_set") == "humaneval" or str(r.get("problems_file", "")).endswith("HumanEval.jsonl.gz")
 
 
 def settings_notes(code: dict[str, dict]) -> list[str]:
@@ -136,9 +136,13 @@ def markdown(results: list[dict], title: str, command: str, chart: str | None, c
         for label in labels:
             if label in code:
                 r = code[label]
-                cells = [f"{r['pass_at_k'][k]:.4f}" if k in r["pass_at_k"] else "-" for k in ks]
                 n = r["problems"][0]["n"] if r["problems"] else 0
-                lines.append(f"| {label} | {len(r['problems'])} | {n} | " + " | ".join(cells) + " |")
+                # EvalPlus: the plus figure (HumanEval+ / MBPP+), and beside it its base tests
+                rows = [("", r["pass_at_k"])] if "pass_at_k_base" not in r else \
+                    [(" (plus)", r["pass_at_k"]), (" (base)", r["pass_at_k_base"])]  # fmt: skip
+                for suffix, table in rows:
+                    cells = [f"{table[k]:.4f}" if k in table else "-" for k in ks]
+                    lines.append(f"| {label}{suffix} | {len(r['problems'])} | {n} | " + " | ".join(cells) + " |")
         published = any(on_humaneval(r) for r in code.values())
         if published:
             for row in PUBLISHED:

@@ -55,7 +55,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 BOOT = Path(__file__).with_name("_sandbox_boot.py")
@@ -89,6 +89,7 @@ class Result:
     wall_s: float
     strategy: str
     reason: str = ""  # run_judged: why it did not pass, from the trusted judge
+    parts: dict[str, str] = field(default_factory=dict)  # run_judged: verdicts of parts of the tests (EvalPlus)
 
     @property
     def passed(self) -> bool:
@@ -351,7 +352,9 @@ def run_judged(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+            # one BLAS thread: numpy (EvalPlus's float comparison) must load under the judge's memory limit
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+                 "OPENBLAS_NUM_THREADS": "1"},  # fmt: skip
             start_new_session=True,
             close_fds=True,
             pass_fds=(req_w, resp_r),
@@ -387,12 +390,13 @@ def run_judged(
         return Result("timeout", None, stdout, stderr, wall, strategy, f"no verdict within {limits.timeout_s:g} s")
     try:
         verdict = json.loads(verdict_out.decode().splitlines()[-1])
-        status, reason = verdict["status"], verdict["reason"]
+        status, reason, parts = verdict["status"], verdict["reason"], dict(verdict.get("parts") or {})
     except (IndexError, ValueError, KeyError, TypeError):  # the judge itself failed: never a pass
-        status, reason = "failed", f"judge error (exit {judge.returncode}): {judge_err.decode(errors='replace')[-500:]}"
+        status, parts = "failed", {}
+        reason = f"judge error (exit {judge.returncode}): {judge_err.decode(errors='replace')[-500:]}"
     if status not in ("passed", "failed", "unsupported"):
         status, reason = "failed", f"judge error: unknown status {status!r}"
-    return Result(status, judge.returncode, stdout, stderr, wall, strategy, reason)
+    return Result(status, judge.returncode, stdout, stderr, wall, strategy, reason, parts)
 
 
 @dataclass(frozen=True)

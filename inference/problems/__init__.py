@@ -8,6 +8,10 @@
   "canonical_solution" (optional)} or MBPP's original {"task_id", "text", "code", "test_list",
   "test_setup_code" (optional)}, which becomes a prompt (the description and the first test as a
   docstring) and a test (setup code and the asserts). `.jsonl.gz` is read too.
+- PATH of EvalPlus's release (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz], which users download)
+  {"task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol",
+  ...}: scored by differential testing against the canonical solution (inference.evalplus); MBPP+'s
+  inputs get back the Python types JSON lost, as EvalPlus's `mbpp_deserialize_inputs` does.
 - PATH of MultiPL-E rows (dataset `nuprl/MultiPL-E`, configs `humaneval-<lang>` and `mbpp-<lang>`,
   as it publishes them: JSONL, or its `.parquet` files) {"name", "language", "prompt", "tests",
   "stop_tokens", ...}: each row in its own language, run by inference.multiple.
@@ -53,6 +57,16 @@ def load(spec: str | os.PathLike) -> list[Problem]:
     return load_problems(resolve(spec))
 
 
+@dataclass(frozen=True, eq=False)
+class EvalPlusTests:
+    """A HumanEval+ or MBPP+ problem's inputs; expected outputs come from its canonical solution."""
+
+    dataset: str  # "humaneval" | "mbpp": which of EvalPlus's special oracles apply
+    base_input: list  # each an argument list
+    plus_input: list
+    atol: float = 0.0
+
+
 MULTIPL_FIELDS = ("name", "language", "prompt", "tests", "stop_tokens")  # what a MultiPL-E row must have
 
 
@@ -67,6 +81,7 @@ class Problem:
     # HumanEval/MBPP-format Python, whose tests the trusted judge runs
     language: str = ""
     stop_tokens: tuple[str, ...] = ()  # the row's own (MultiPL-E); HumanEval's are codeeval.HUMANEVAL_STOPS
+    evalplus: EvalPlusTests | None = None  # HumanEval+ / MBPP+: differential tests instead of `test`
 
     @property
     def multipl(self) -> bool:
@@ -82,6 +97,62 @@ def _multipl_problem(obj: dict, where: str) -> Problem:
         raise ValueError(f"{where}: a MultiPL-E row needs strings {', '.join(MULTIPL_FIELDS[:4])} and a list "
                          f"of strings stop_tokens; bad: {', '.join(bad or ['stop_tokens'])}")  # fmt: skip
     return Problem(obj["name"], obj["prompt"], obj["tests"], language=obj["language"], stop_tokens=tuple(stops))
+
+
+def _evalplus_problem(obj: dict, where: str) -> Problem:
+    need = ("task_id", "prompt", "entry_point", "canonical_solution")
+    bad = [k for k in need if not isinstance(obj.get(k), str)]
+    bad += [k for k in ("base_input", "plus_input") if not isinstance(obj.get(k), list)]
+    if bad:
+        raise ValueError(f"{where}: an EvalPlus row needs strings {', '.join(need)} and lists base_input, plus_input; "
+                         f"bad: {', '.join(bad)}")  # fmt: skip
+    task_id = obj["task_id"]
+    dataset = "mbpp" if task_id.startswith("Mbpp/") else "humaneval"
+    base, plus = obj["base_input"], obj["plus_input"]
+    if dataset == "mbpp":
+        number = int(task_id.split("/")[-1])
+        base, plus = _mbpp_inputs(number, base), _mbpp_inputs(number, plus)
+    tests = EvalPlusTests(dataset, base, plus, float(obj.get("atol") or 0.0))
+    return Problem(task_id, obj["prompt"], "", obj["entry_point"], obj["canonical_solution"], evalplus=tests)
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(i) for i in x) if isinstance(x, list) else x
+
+
+def _mbpp_inputs(number: int, inputs: list) -> list:
+    """MBPP+'s inputs with the types its JSON lost (tuples, sets, complex numbers), per task, as
+    EvalPlus's data/mbpp.py `mbpp_deserialize_inputs` restores them (the same shapes, quirks kept:
+    Mbpp/115's empty items become {}, Mbpp/75's inputs keep their first two arguments)."""
+    t = tuple
+    if number in (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740,
+                  744, 809):  # fmt: skip
+        return [[t(a) for a in inp] for inp in inputs]
+    if number in (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780):
+        return [[[t(x) for x in a] for a in inp] for inp in inputs]
+    if number in (75, 413, 444, 753):
+        return [[[t(x) for x in inp[0]], inp[1]] for inp in inputs]
+    if number in (106, 750):
+        return [[inp[0], t(inp[1])] for inp in inputs]
+    if number == 115:
+        return [[[set(x) if isinstance(x, list) and x else {} for x in inp[0]]] for inp in inputs]
+    if number == 124:
+        return [(float(inp[0]), complex(inp[1])) for inp in inputs]
+    if number in (250, 405, 446, 617, 720, 763, 808):
+        return [[t(inp[0]), inp[1]] for inp in inputs]
+    if number in (259, 401, 445):
+        return [[t(t(x) for x in a) for a in inp] for inp in inputs]
+    if number == 278:
+        return [[t(t(x) if isinstance(x, list) else x for x in inp[0])] for inp in inputs]
+    if number == 307:
+        return [[t(inp[0]), inp[1], inp[2]] for inp in inputs]
+    if number == 722:
+        return [[{k: t(v) for k, v in inp[0].items()}, *inp[1:]] for inp in inputs]
+    if number == 252:
+        return [[complex(inp[0])] for inp in inputs]
+    if number in (580, 615, 791):
+        return [_tuples(inp) for inp in inputs]
+    return inputs
 
 
 def _parquet_rows(p: Path) -> Iterator[tuple[int, Any]]:
@@ -122,6 +193,8 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
             raise ValueError(f"{p}:{n}: a problem is a JSON object")
         if "language" in obj and "tests" in obj:  # MultiPL-E
             prob = _multipl_problem(obj, f"{p}:{n}")
+        elif "base_input" in obj and "plus_input" in obj:  # EvalPlus
+            prob = _evalplus_problem(obj, f"{p}:{n}")
         elif "test_list" in obj:  # MBPP's original format
             tests = list(obj["test_list"])
             setup = obj.get("test_setup_code") or ""
