@@ -362,6 +362,7 @@ def test_transposed_down_proj_makes_validate_fail(work):
 # ---- parallel layouts (two CPU processes, gloo) ----------------------------------------------
 
 
+@pytest.mark.slow  # torchrun ranks: about 40 s each on 2 cores
 @pytest.mark.parametrize(
     ("imported", "exported"),
     [(("--tp", "2"), ()), ((), ("--ep", "2")), ((), ("--pp", "2"))],
@@ -501,6 +502,7 @@ print("PEAK export", peak[0])
 """
 
 
+@pytest.mark.slow  # converts models of two depths, measured in subprocesses: about 55 s on 2 cores
 def test_streamed_conversion_memory_does_not_grow_with_depth(tmp_path):
     """Peak heap bytes of import and export for 2 and 8 layers of the same widths (48 MiB of bf16
     experts per layer, small vocabulary so that layers dominate): a converter that held the model

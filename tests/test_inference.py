@@ -332,6 +332,7 @@ def test_cli_generate(ws, hf, prompts, tmp_path, capsys):
     assert re.search(r"multiple of (TP\*PP\*EP=2|2 processes)", capsys.readouterr().err)
 
 
+@pytest.mark.slow  # torchrun ranks: about 40 s each on 2 cores
 @pytest.mark.parametrize("layout", [("--pp", "2"), ("--tp", "2")], ids=["pp2", "tp2"])
 def test_model_parallel_under_torchrun_gives_the_same_tokens(ws, hf, prompts, tmp_path, layout):
     """Two ranks (gloo on CPU). PP=2: the layer stages pass hidden states with send/recv and the last
