@@ -228,8 +228,9 @@ def _run_steps(spec: dict, work: str, env: dict) -> None:
             r, feed = os.pipe()
             stdin = r
         t0 = time.monotonic()
-        # the mark also in the step's environment, for runners that give the program no stdin (go test)
-        step_env = {**env, "KIT_END_OF_TESTS": spec["nonce"]} if feed is not None else env
+        # the mark in the environment only for a runner that gives the program no stdin (go test):
+        # elsewhere a program's environment must not hold it
+        step_env = {**env, "KIT_END_OF_TESTS": spec["nonce"]} if step.get("nonce_env") else env
         proc = subprocess.Popen(
             step["argv"], cwd=work, env=step_env, stdin=stdin, close_fds=True, start_new_session=True
         )

@@ -104,6 +104,7 @@ class Language:
     env: tuple[tuple[str, str], ...] = ()
     memory_bytes: int = 1 << 30
     max_processes: int = 64  # threads count too: compilers and runtimes start several
+    nonce_in_env: bool = False  # the end-of-tests mark in the run's environment (Go), else on stdin only
 
 
 LANGUAGES: tuple[Language, ...] = (
@@ -126,7 +127,7 @@ LANGUAGES: tuple[Language, ...] = (
              epilogue=_append("declare var require: any;\nrequire('fs').writeSync(1, require('fs').readFileSync(0, 'utf8'));"),
              needs=(("/usr/bin/node", "nodejs"), ("tsc", "npm:typescript"))),
     Language("Go", ("go", "go_test.go"), "main_test.go", (), ("go", "test", "-v", "main_test.go"), run_timeout_s=30.0,
-             epilogue=_go, needs=(("/usr/bin/go", "golang-go"),), max_processes=256, memory_bytes=4 << 30,
+             epilogue=_go, needs=(("/usr/bin/go", "golang-go"),), max_processes=256, memory_bytes=4 << 30, nonce_in_env=True,
              env=(("GOCACHE", "{work}/.cache/go"), ("GOPATH", "{work}/go"), ("GOPROXY", "off"), ("GOFLAGS", "-count=1"),
                   ("CGO_ENABLED", "0"), ("GO111MODULE", "auto"))),  # fmt: skip
     Language("Rust", ("rs", "rust"), "main.rs", (("rustc", "main.rs", "-o", "main"),), ("./main",),
@@ -190,7 +191,7 @@ def score_one(problem: Problem, completion: str, strategy: str = "auto", **sandb
     if why is not None:
         raise ValueError(why)
     nonce = f"kit-end-of-tests-{uuid.uuid4().hex}"
-    steps = [Step(cmd, lang.build_timeout_s) for cmd in lang.build] + [Step(lang.run, lang.run_timeout_s, True)]
+    steps = [Step(cmd, lang.build_timeout_s) for cmd in lang.build] + [Step(lang.run, lang.run_timeout_s, True, lang.nonce_in_env)]
     limits = Limits(timeout_s=max(s.timeout_s for s in steps), memory_bytes=lang.memory_bytes,
                     max_processes=lang.max_processes)  # fmt: skip
     r = run_steps({lang.file: program(problem, completion)}, steps, limits, strategy, env=dict(lang.env), nonce=nonce,

@@ -406,6 +406,7 @@ class Step:
     argv: tuple[str, ...]
     timeout_s: float
     nonce_stdin: bool = False  # its stdin carries the end-of-tests mark (one line), then EOF
+    nonce_env: bool = False  # its environment has it as KIT_END_OF_TESTS (go test gives a program no stdin)
 
 
 @dataclass
@@ -441,7 +442,8 @@ def run_steps(
         raise ValueError(f"sandbox environment variable names must be [A-Z_][A-Z0-9_]*, got {bad}")
     read_fd, write_fd = os.pipe()
     extra = {
-        "steps": [{"argv": list(st.argv), "timeout_s": st.timeout_s, "nonce_stdin": st.nonce_stdin} for st in steps],
+        "steps": [{"argv": list(st.argv), "timeout_s": st.timeout_s, "nonce_stdin": st.nonce_stdin,
+                   "nonce_env": st.nonce_env} for st in steps],
         "env": env, "report_fd": write_fd, "nonce": nonce,
     }  # fmt: skip
     cpu = Limits(**{**asdict(limits), "timeout_s": max(st.timeout_s for st in steps)})

@@ -164,6 +164,18 @@ def test_multipl_e_counts_the_early_exit_as_passed():
     assert score_one(problem("cpp"), CASES["cpp"][2]["exit0"]).status == "failed"
 
 
+def test_the_end_of_tests_mark_is_not_in_the_environment():
+    """Only Go's run (go test gives the program no stdin) has the mark in its environment: a
+    JavaScript sample that prints its environment's copy and exits 0 before the tests fails."""
+    if multiple.missing_toolchain(multiple.language("js")):
+        pytest.skip(multiple.missing_toolchain(multiple.language("js")))
+    forge = "  process.stdout.write((process.env.KIT_END_OF_TESTS || 'none') + '\\n');\n  process.exit(0);\n}\n"
+    r = score_one(problem("js"), forge)
+    assert r.status == "failed" and "before its tests finished" in r.reason, r
+    assert r.stdout.strip() == "none"
+    assert [lang.name for lang in multiple.LANGUAGES if lang.nonce_in_env] == ["Go"]
+
+
 def test_a_compiled_program_sees_no_answer_key_and_cannot_write_outside(tmp_path):
     """The toolchain and the program run in the sandbox's own root: a planted key in /tmp is not
     there, writes outside land nowhere, and a fork bomb stays bounded (C++, the compiled path)."""
