@@ -155,6 +155,10 @@ def oracle() -> None:
     with open(path) as f:
         exec(compile(f.read(), path, "exec", dont_inherit=True), wire.__dict__)
     spec = wire.loads(sys.stdin.buffer.read())
+    import resource
+
+    mem = spec["memory_bytes"]  # EvalPlus's own bound for the solutions it runs (4 GiB)
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     sys.path.extend(spec["site_packages"])
     ns: dict = {"__name__": "__canonical__"}
     exec(compile(spec["source"], "<canonical solution>", "exec", dont_inherit=True), ns)

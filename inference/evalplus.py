@@ -9,7 +9,7 @@ solution's time). It reports two figures: base (HumanEval, MBPP) and plus (Human
 sample counts when it passes base and plus).
 
 Here the canonical solution runs once per problem, in a subprocess of its own (trusted benchmark
-code, as EvalPlus's trusted_exec runs it; time and memory bounded), and its outputs and times
+code, as EvalPlus's trusted_exec runs it, outside the sandbox; bounded to 600 s and 4 GiB), and its outputs and times
 become part of the problem's tests. The tests run in the judge, which calls the sample in its
 sandbox with plain values (inference.sandbox.run_judged): the comparison never touches an object
 of the sample's. The verdict of each phase comes back in the judge's `parts`.
@@ -32,6 +32,7 @@ JUDGE_PART = Path(__file__).with_name("_evalplus_judge.py")
 MIN_TIME_LIMIT_S = 4.0  # EvalPlus's DEFAULT_MIN_TIME_LIMIT
 TIME_LIMIT_FACTOR = 4.0  # EvalPlus's DEFAULT_GT_TIME_LIMIT_FACTOR
 ORACLE_TIMEOUT_S = 600.0  # the canonical solution on every input of one problem
+ORACLE_MEMORY_BYTES = 4 << 30  # address space of that process (EvalPlus's default maximum memory)
 SLACK_S = 10.0  # the judge's and the sample's start-up, on a loaded machine
 
 
@@ -45,7 +46,7 @@ def expected_outputs(problem: Problem) -> dict:
     not_none = tests.dataset == "mbpp" and problem.entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
     spec = {"source": problem.prompt + problem.canonical_solution, "entry_point": problem.entry_point,
             "base": _wire.encode(tests.base_input), "plus": _wire.encode(tests.plus_input), "not_none": not_none,
-            "site_packages": [d for d in site.getsitepackages() if os.path.isdir(d)]}  # fmt: skip
+            "memory_bytes": ORACLE_MEMORY_BYTES, "site_packages": [d for d in site.getsitepackages() if os.path.isdir(d)]}  # fmt: skip
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-S", str(JUDGE_PART)], input=_wire.dumps(spec).encode(), capture_output=True,
