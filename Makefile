@@ -36,6 +36,12 @@ test-quick: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not (slow or training or slurm or vllm)"
 
+# `make test`'s suite with line coverage of the kit's packages (pyproject.toml's [tool.coverage]);
+# the figures go in bench/test_times.md, which says how far they are comparable.
+.PHONY: coverage
+coverage: setup
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --cov --cov-report=term --cov-report=json:build/coverage.json
+
 demo: setup
 	bash scripts/demo.sh
 
