@@ -37,10 +37,12 @@ test-quick: setup
 	$(PY) -m pytest tests -q -n 2 --dist loadfile -m "not (slow or training or slurm or vllm)"
 
 # `make test`'s suite with line coverage of the kit's packages (pyproject.toml's [tool.coverage]);
-# the figures go in bench/test_times.md, which says how far they are comparable.
+# the figures go in bench/test_times.md, which says how far they are comparable. It fails below the
+# recorded floor (84.1% of 8,141 lines at 555bd11): coverage must not drop (issue 25).
 .PHONY: coverage
 coverage: setup
-	$(PY) -m pytest tests -q -n 2 --dist loadfile --cov --cov-report=term --cov-report=json:build/coverage.json
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --cov --cov-report=term --cov-report=json:build/coverage.json \
+	  --cov-fail-under=84
 
 demo: setup
 	bash scripts/demo.sh

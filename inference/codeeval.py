@@ -20,7 +20,8 @@ Completions, as the standard harnesses make them:
 - raw mode (base and continued-pretrained models): the model continues the prompt; the text is cut
   at the first HumanEval stop sequence ("\\ndef ", "\\nclass ", "\\nif __name__", "\\nprint(", "\\n#"),
   which Codex/HumanEval's harness also uses as stop strings during generation; a MultiPL-E row's
-  text is cut at the row's own stop tokens.
+  text is cut at the row's own stop tokens, an MBPP problem's at bigcode-evaluation-harness's MBPP
+  stop words (inference.problems.MBPP_STOPS).
 - chat mode (SFT models): the problem goes into a harmony user message; the code is the first
   fenced block of the final answer (or the whole answer); if it defines the entry point it replaces
   the prompt, else it is appended to it.
@@ -98,8 +99,8 @@ def sample_source(problem: Problem, completion: str, mode: str) -> str:
 
 
 def stops_of(problem: Problem) -> tuple[str, ...]:
-    """Where a completion ends: the row's own stop tokens (MultiPL-E), else HumanEval's."""
-    return problem.stop_tokens if problem.multipl else HUMANEVAL_STOPS
+    """Where a completion ends: the problem's own stop strings (a MultiPL-E row's, MBPP's), else HumanEval's."""
+    return problem.stop_tokens or HUMANEVAL_STOPS
 
 
 def check_toolchains(problems: Sequence[Problem]) -> None:
@@ -292,6 +293,7 @@ class ProblemResult:
     completions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the tail of stderr of each failed sample
     base_statuses: list[str] = field(default_factory=list)  # EvalPlus: the base tests alone (statuses: base + plus)
+    language: str = ""  # a MultiPL-E row's language code (the report's per-language columns)
 
 
 @dataclass
@@ -357,7 +359,7 @@ def score(
 
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
         results = list(pool.map(run, jobs))
-    per: list[ProblemResult] = [ProblemResult(p.task_id, len(c), 0, [], list(c)) for p, c in zip(problems, completions)]
+    per = [ProblemResult(p.task_id, len(c), 0, [], list(c), language=p.language) for p, c in zip(problems, completions)]
     for (pi, _), r in zip(jobs, results):
         pr = per[pi]
         status = r.status

@@ -22,18 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+from inference import published
 from kit.fs import atomic_file
 
-# Published HumanEval pass@1 of the models gpt-oss continued on code is compared with. All three are
-# base models scored on raw completion of the original HumanEval prompts (all 164 problems).
-PUBLISHED = (
-    {"label": "StarCoder-15B", "pass@1": 0.336,
-     "source": "Li et al. 2023, StarCoder: may the source be with you! (arXiv:2305.06161), HumanEval pass@1"},
-    {"label": "StarCoderBase-15B", "pass@1": 0.304,
-     "source": "Li et al. 2023, StarCoder: may the source be with you! (arXiv:2305.06161), HumanEval pass@1"},
-    {"label": "StarCoder2-15B", "pass@1": 0.463,
-     "source": "Lozhkov et al. 2024, StarCoder 2 and The Stack v2: The Next Generation (arXiv:2402.19173), HumanEval pass@1"},
-)  # fmt: skip
+# Published HumanEval pass@1 of the models gpt-oss continued on code is compared with (base models,
+# raw completion of the original prompts, all 164 problems); every benchmark: inference.compare.
+PUBLISHED = tuple({"label": r.model, "pass@1": r.pass1, "source": r.source.cite}
+                  for r in published.PUBLISHED if r.benchmark == "HumanEval")  # fmt: skip
 SETTINGS = ("problem_set", "n", "temperature", "mode", "max_new_tokens")
 
 

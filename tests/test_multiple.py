@@ -234,7 +234,7 @@ def test_rows_load_from_jsonl_and_parquet(tmp_path):
     with pytest.raises(ValueError, match=r"stops.jsonl:1: a MultiPL-E row needs .* bad: stop_tokens"):
         load_problems(tmp_path / "stops.jsonl")
     pq.write_table(pa.Table.from_pylist([{"name": "x", "prompt": "p"}]), tmp_path / "other.parquet")
-    with pytest.raises(ValueError, match=r"not MultiPL-E's parquet \(no column language, tests, stop_tokens\)"):
+    with pytest.raises(ValueError, match=r"neither MultiPL-E's parquet \(no column language, tests, stop_tokens\)"):
         load_problems(tmp_path / "other.parquet")
     # MultiPL-E's truncation: at the first of the row's stop tokens
     assert codeeval.truncate_completion("    return x;\n}\nint main() {", got[2].stop_tokens) == "    return x;"

@@ -6,15 +6,20 @@
 - "kit": `kit_humaneval.jsonl` beside this file, small problems written for the kit (a smoke set).
 - PATH: JSONL in HumanEval's format {"task_id", "prompt", "test", "entry_point",
   "canonical_solution" (optional)} or MBPP's original {"task_id", "text", "code", "test_list",
-  "test_setup_code" (optional)}, which becomes a prompt (the description and the first test as a
-  docstring) and a test (setup code and the asserts). `.jsonl.gz` is read too.
+  "test_setup_code" (optional)} (google-research's mbpp.jsonl, or the `mbpp` dataset's parquet),
+  which becomes the prompt bigcode-evaluation-harness and the StarCoder paper use (a docstring
+  holding the description, then the first test, on lines of their own; `_mbpp_problem`), its
+  stop strings (MBPP_STOPS) and a test (setup code and the asserts). `.jsonl.gz` is read too. The
+  published MBPP figures are over the 500 test problems (task_id 11-510: `mbpp_test_split`).
 - PATH of EvalPlus's release (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz], which users download)
   {"task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol",
   ...}: scored by differential testing against the canonical solution (inference.evalplus); MBPP+'s
   inputs get back the Python types JSON lost, as EvalPlus's `mbpp_deserialize_inputs` does.
 - PATH of MultiPL-E rows (dataset `nuprl/MultiPL-E`, configs `humaneval-<lang>` and `mbpp-<lang>`,
   as it publishes them: JSONL, or its `.parquet` files) {"name", "language", "prompt", "tests",
-  "stop_tokens", ...}: each row in its own language, run by inference.multiple.
+  "stop_tokens", ...}: each row in its own language, run by inference.multiple. Its variant
+  (`Problem.prompt_variant`: "reworded", "keep", "transform", "remove", from the row's `doctests` and
+  `prompt_terminology`) is kept: the published MultiPL-E figures use the reworded prompts.
 """
 
 from __future__ import annotations
@@ -68,6 +73,12 @@ class EvalPlusTests:
 
 
 MULTIPL_FIELDS = ("name", "language", "prompt", "tests", "stop_tokens")  # what a MultiPL-E row must have
+MULTIPL_VARIANT_FIELDS = ("doctests", "prompt_terminology")  # which of its prompt variants a row is
+MBPP_FIELDS = ("task_id", "text", "test_list")  # what an MBPP row must have
+# bigcode-evaluation-harness's MBPP stop words (its tasks/mbpp.py). Not HumanEval's: an MBPP
+# completion writes the whole function, helpers included, so "\ndef" must not end it.
+MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
+MBPP_TEST_IDS = range(11, 511)  # MBPP's test split: the problems its published figures are over
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,9 @@ class Problem:
     # a MultiPL-E row's `language` ("cpp", "java", "py", ...; see inference.multiple); empty for
     # HumanEval/MBPP-format Python, whose tests the trusted judge runs
     language: str = ""
-    stop_tokens: tuple[str, ...] = ()  # the row's own (MultiPL-E); HumanEval's are codeeval.HUMANEVAL_STOPS
+    stop_tokens: tuple[str, ...] = ()  # the row's own (MultiPL-E), MBPP_STOPS; empty: codeeval.HUMANEVAL_STOPS
     evalplus: EvalPlusTests | None = None  # HumanEval+ / MBPP+: differential tests instead of `test`
+    prompt_variant: str = ""  # MultiPL-E: "reworded", "keep", "transform", "remove"; "" where the row does not say
 
     @property
     def multipl(self) -> bool:
@@ -96,7 +108,39 @@ def _multipl_problem(obj: dict, where: str) -> Problem:
     if bad or not (isinstance(stops, (list, tuple)) and all(isinstance(x, str) for x in stops)):
         raise ValueError(f"{where}: a MultiPL-E row needs strings {', '.join(MULTIPL_FIELDS[:4])} and a list "
                          f"of strings stop_tokens; bad: {', '.join(bad or ['stop_tokens'])}")  # fmt: skip
-    return Problem(obj["name"], obj["prompt"], obj["tests"], language=obj["language"], stop_tokens=tuple(stops))
+    return Problem(obj["name"], obj["prompt"], obj["tests"], language=obj["language"], stop_tokens=tuple(stops),
+                   prompt_variant=multipl_variant(obj.get("doctests"), obj.get("prompt_terminology")))  # fmt: skip
+
+
+def multipl_variant(doctests: object, terminology: object) -> str:
+    """MultiPL-E's name of a row's prompt variant: its doctests kept, transformed to the language or
+    removed, and "reworded" where the prose was also translated (prompt_terminology)."""
+    if terminology == "reworded":
+        return "reworded"
+    return doctests if doctests in ("keep", "transform", "remove") else ""
+
+
+def _mbpp_problem(obj: dict, where: str) -> Problem:
+    """MBPP's row as bigcode-evaluation-harness prompts it (its InCoder-style docstring prompt)."""
+    tests = obj.get("test_list")
+    if not isinstance(obj.get("text"), str) or not isinstance(tests, (list, tuple)) or not tests:
+        raise ValueError(f"{where}: an MBPP row needs a string text and a non-empty list test_list")
+    tests = [str(t) for t in tests]
+    setup = obj.get("test_setup_code") or ""
+    prompt = f'"""\n{obj["text"]}\n{tests[0]}\n"""\n'
+    return Problem(str(obj["task_id"]), prompt, "\n".join([setup, *tests]) + "\n", "", obj.get("code") or "",
+                   stop_tokens=MBPP_STOPS)  # fmt: skip
+
+
+def mbpp_test_split(problems: list[Problem]) -> list[Problem] | None:
+    """The 500 test problems (task_id 11-510) of a file holding every MBPP problem, in task order;
+    None when `problems` are not MBPP's or lack one of them."""
+    if not problems or any(p.stop_tokens != MBPP_STOPS for p in problems):
+        return None
+    by_id = {p.task_id: p for p in problems}
+    if not all(str(i) in by_id for i in MBPP_TEST_IDS):
+        return None
+    return [by_id[str(i)] for i in MBPP_TEST_IDS]
 
 
 def _evalplus_problem(obj: dict, where: str) -> Problem:
@@ -155,15 +199,38 @@ def _mbpp_inputs(number: int, inputs: list) -> list:
     return inputs
 
 
+def problem_set(spec: str | os.PathLike, problems: list[Problem]) -> str:
+    """The benchmark a problem list is, for records and reports: "humaneval", "kit", "mbpp" (the 500
+    test problems), "humaneval+", "mbpp+", "multipl-e-humaneval", "multipl-e-mbpp", else "file"."""
+    if str(spec) in BUILTIN:
+        return str(spec)
+    if [p.task_id for p in problems] == [str(i) for i in MBPP_TEST_IDS] and problems[0].stop_tokens == MBPP_STOPS:
+        return "mbpp"
+    plus = {p.evalplus.dataset if p.evalplus else None for p in problems}
+    if plus in ({"humaneval"}, {"mbpp"}):
+        return f"{plus.pop()}+"
+    if all(p.multipl for p in problems):
+        for prefix, name in (("HumanEval_", "multipl-e-humaneval"), ("mbpp_", "multipl-e-mbpp")):
+            if all(p.task_id.startswith(prefix) for p in problems):
+                return name
+        return "multipl-e"
+    return "file"
+
+
 def _parquet_rows(p: Path) -> Iterator[tuple[int, Any]]:
-    """MultiPL-E's parquet files (row number, row): the dataset's only non-JSON format."""
+    """(row number, row) of MultiPL-E's or MBPP's parquet files (the datasets' hub format)."""
     import pyarrow.parquet as pq
 
     names = pq.read_schema(p).names
-    missing = [k for k in MULTIPL_FIELDS if k not in names]
-    if missing:
-        raise ValueError(f"{p}: not MultiPL-E's parquet (no column {', '.join(missing)})")
-    yield from enumerate(pq.read_table(p, columns=list(MULTIPL_FIELDS)).to_pylist(), 1)
+    if all(k in names for k in MBPP_FIELDS):
+        columns = [*MBPP_FIELDS, *(k for k in ("code", "test_setup_code") if k in names)]
+    else:
+        missing = [k for k in MULTIPL_FIELDS if k not in names]
+        if missing:
+            raise ValueError(f"{p}: neither MultiPL-E's parquet (no column {', '.join(missing)}) nor MBPP's "
+                             f"(columns {', '.join(MBPP_FIELDS)})")  # fmt: skip
+        columns = [*MULTIPL_FIELDS, *(k for k in MULTIPL_VARIANT_FIELDS if k in names)]
+    yield from enumerate(pq.read_table(p, columns=columns).to_pylist(), 1)
 
 
 def jsonl_rows(text: str, source: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -196,10 +263,7 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         elif "base_input" in obj and "plus_input" in obj:  # EvalPlus
             prob = _evalplus_problem(obj, f"{p}:{n}")
         elif "test_list" in obj:  # MBPP's original format
-            tests = list(obj["test_list"])
-            setup = obj.get("test_setup_code") or ""
-            prompt = f'"""\n{obj["text"]}\n{tests[0] if tests else ""}\n"""\n'
-            prob = Problem(str(obj["task_id"]), prompt, "\n".join([setup, *tests]) + "\n", "", obj.get("code", ""))
+            prob = _mbpp_problem(obj, f"{p}:{n}")
         else:
             missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(obj.get(k), str)]
             if missing:
