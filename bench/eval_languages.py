@@ -52,12 +52,6 @@ def plain_one(problem, completion: str) -> bool:
         return r.returncode == 0 and nonce in [line.strip() for line in r.stdout.decode().splitlines()[-20:]]
 
 
-def timed(fn) -> float:
-    t0 = time.monotonic()
-    fn()
-    return time.monotonic() - t0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=12, help="samples per language and side")
@@ -83,20 +77,15 @@ def main() -> int:
         comps = [CASES[code][2]["correct"]] * args.samples
         best = {"sandbox": float("inf"), "plain": float("inf")}
         for _ in range(args.repeats):
-            res = {}
-
-            def sandboxed() -> None:
-                res["r"] = codeeval.score([prob], [comps], ks=(1,), workers=args.workers)
-
-            best["sandbox"] = min(best["sandbox"], timed(sandboxed))
-            assert res["r"].problems[0].c == args.samples, (code, res["r"].problems[0].errors[:1])
-
-            def plain() -> None:
-                with ThreadPoolExecutor(args.workers) as pool:
-                    res["p"] = list(pool.map(lambda c: plain_one(prob, c), comps))
-
-            best["plain"] = min(best["plain"], timed(plain))
-            assert all(res["p"]), code
+            t0 = time.monotonic()
+            r = codeeval.score([prob], [comps], ks=(1,), workers=args.workers)
+            best["sandbox"] = min(best["sandbox"], time.monotonic() - t0)
+            assert r.problems[0].c == args.samples, (code, r.problems[0].errors[:1])
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(args.workers) as pool:
+                ok = list(pool.map(plain_one, [prob] * len(comps), comps))
+            best["plain"] = min(best["plain"], time.monotonic() - t0)
+            assert all(ok), code
         rows.append((lang.name, args.samples / best["sandbox"], args.samples / best["plain"],
                      best["sandbox"] / best["plain"]))  # fmt: skip
         print(f"{lang.name}: sandbox {rows[-1][1]:.2f}/s, plain {rows[-1][2]:.2f}/s, x{rows[-1][3]:.2f}", flush=True)
