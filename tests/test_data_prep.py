@@ -291,6 +291,7 @@ def test_deterministic_across_worker_counts(built, corpus, tmp_path):
     assert _files(out1) == _files(out2)
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: a prep run killed mid-way, then resumed and compared
 def test_resume_after_kill_is_byte_identical(built, corpus, tmp_path):
     """Kill (os._exit from the CLI, workers terminated mid-write) twice while units are processed,
     then after the output was merged but before the manifest; each rerun continues and the end

@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +23,7 @@ def user_files(ws: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(ws.rglob("*")) if p.is_file() and "demo" not in p.relative_to(ws).parts}
 
 
+@pytest.mark.slow  # ~32 s on 2 cores: the demo script end to end, twice
 def test_a_users_workspace_survives_two_demo_runs(tmp_path):
     ws = tmp_path / "workspace"
     for rel, data in [
