@@ -202,7 +202,9 @@ def _wait(proc, timeout: float) -> int:
     except (AttributeError, OSError):
         return proc.wait(timeout=timeout)
     try:
-        ready = select.select([fd], [], [], timeout)[0]
+        poller = select.poll()  # poll, not select: no FD_SETSIZE limit
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(timeout * 1000)
     finally:
         os.close(fd)
     if not ready:

@@ -112,7 +112,12 @@ def build(results: list[dict]) -> Table:
         raise ValueError("--compare needs `eval code` results (eval_code.json); none among the inputs")
     measured: dict[str, dict[str, Cell]] = {}
     for r in code:
-        for bench, cell in benchmark_cells(r).items():
+        try:
+            cells = benchmark_cells(r)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise ValueError(f"{r['_file']}: not a whole eval_code.json ({type(e).__name__}: {e}); rewrite it with "
+                             "`python -m inference eval code`") from None  # fmt: skip
+        for bench, cell in cells.items():
             row = measured.setdefault(r["label"], {})
             if bench in row:
                 raise ValueError(f"two results of label {r['label']!r} on {bench}: {row[bench].result['_file']} and "

@@ -535,7 +535,9 @@ def _wait(proc: subprocess.Popen, timeout: float) -> int:
     except (AttributeError, OSError):  # no pidfd here, or the process is already reaped
         return proc.wait(timeout=timeout)
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
+        poller = select.poll()  # poll, not select: no FD_SETSIZE limit on a busy harness's descriptors
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(timeout * 1000)
     finally:
         os.close(fd)
     if not ready:

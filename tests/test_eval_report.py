@@ -137,6 +137,11 @@ def test_compare_needs_code_results(tmp_path, monkeypatch, capsys):
     (tmp_path / "eval_loss.json").write_text(json.dumps(loss))
     assert main(["report", "--compare", "--name", "t", str(tmp_path / "eval_loss.json")]) == 2
     assert "--compare needs `eval code` results" in capsys.readouterr().err
+    (tmp_path / "eval_code.json").write_text(json.dumps({"kind": "code", "label": "x", "command": "c"}))
+    assert main(["report", "--compare", "--name", "t", str(tmp_path / "eval_code.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "eval_code.json: not a whole eval_code.json (KeyError" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ws/results/t/report.md").exists()  # nothing half-written
 
 
 def test_mbpp_rows_keep_bigcodes_prompt_and_stops_from_jsonl_and_parquet(tmp_path):
