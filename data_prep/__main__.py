@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,32 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _array_task(task: int | None, tasks: int | None) -> tuple[int, int]:
+    """(index, count) of this array task: --task/--tasks, else SLURM's array variables, else (0, 1).
+    SLURM's count is the array's size only for --array=0-(N-1); for a resubmitted subset
+    (--array=1,2) it is not, and --tasks must say N."""
+    env = os.environ
+    if task is None:
+        task = int(env["SLURM_ARRAY_TASK_ID"]) if env.get("SLURM_ARRAY_TASK_ID", "").isdigit() else 0
+    if tasks is None:
+        if not env.get("SLURM_ARRAY_TASK_ID", "").isdigit():
+            tasks = 1
+        else:
+            lo, hi, n = (
+                int(env.get(k, "-1"))
+                for k in ("SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_COUNT")
+            )
+            if lo != 0 or hi != n - 1:
+                raise ValueError(
+                    f"this array runs tasks {lo}..{hi} ({n} of them), not 0-(N-1): pass --tasks N (the whole array's "
+                    "size) so that every task takes the same share"
+                )
+            tasks = n
+    if tasks < 1 or not 0 <= task < tasks:
+        raise ValueError(f"--task {task} --tasks {tasks}: the task index must be in 0..{tasks - 1}")
+    return task, tasks
 
 
 def _pretrain_args(sub) -> None:
@@ -71,9 +98,35 @@ def _pretrain_args(sub) -> None:
         "(default: off in every preset; it costs 14-18%% of the pipeline's time, see bench/data_prep_throughput.md; "
         "what it replaces and keeps: data_prep/pii.py)",
     )
-    p.add_argument("--workers", "-j", type=int, default=_cores(), help="processes (default: the cores this job may use)")
+    p.add_argument(
+        "--workers", "-j", type=int, default=_cores(), help="processes (default: the cores this job may use)"
+    )
     p.add_argument("--prefix", default="text_document", help="output prefix name (recipes expect text_document)")
-    p.add_argument("--shard-tokens", type=float, default=0, help="split the output every ~N tokens (default: one)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="output shards per task, cut by input bytes (default: 1 at -j 1, else 4 per worker; fixed when a task "
+        "first starts, so a resume may use another -j)",
+    )
+    p.add_argument(
+        "--task",
+        type=int,
+        help="this array task's index (default: $SLURM_ARRAY_TASK_ID, else 0); every task writes its share under "
+        "--output and the last one to finish writes the dataset",
+    )
+    p.add_argument(
+        "--tasks",
+        type=int,
+        help="the array's size (default: $SLURM_ARRAY_TASK_COUNT for --array=0-(N-1), else 1); give it when "
+        "resubmitting some tasks only, e.g. sbatch --array=1 ... --tasks 3",
+    )
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only the last step (check that every task finished with the same settings, dedup, index, manifest): "
+        "for a job that depends on the array, or after a task died while writing the dataset",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard an existing dataset or interrupted run")
     p.add_argument("--keep-work", action="store_true", help="keep <output>/.work after success")
     p.add_argument("--no-progress", action="store_true")
@@ -200,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "pretrain":
             from data_prep import pretrain
 
+            task, tasks = _array_task(args.task, args.tasks)
             cfg = pretrain.PretrainConfig(
                 inputs=args.inputs,
                 output=Path(args.output),
@@ -209,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                 redact_pii=REDACT_BY_PRESET[args.preset] if args.redact_pii is None else args.redact_pii,
                 workers=args.workers,
                 prefix=args.prefix,
-                shard_tokens=int(args.shard_tokens),
+                shards=args.shards,
+                task=task,
+                tasks=tasks,
+                finalize=args.finalize,
                 overwrite=args.overwrite,
                 keep_work=args.keep_work,
                 progress=not args.no_progress,
@@ -218,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 pretrain.run(cfg)
             except pretrain.SimulatedKill:
                 sys.stderr.flush()
-                os._exit(75)  # like a kill: no cleanup of any kind
+                os.kill(os.getpid(), signal.SIGKILL)  # a kill: no cleanup of any kind (not 75: that requeues a job)
         elif args.cmd == "sft":
             from data_prep import sft
 

@@ -37,12 +37,9 @@ def blend(datasets: list[tuple[str, float]]) -> tuple[list[str], list[float]]:
     weights: list[float] = []
     for name, w in datasets:
         d = dataset_dir(name)
-        m = read_manifest(d)
-        shards = m["shards"]
-        tokens = sum(s["tokens"] for s in shards)
-        for s in shards:
-            prefixes.append(str(d / s["prefix"]))
-            weights.append(round(w / total * s["tokens"] / tokens, 12))
+        for prefix, weight in workspace.shard_weights(d, read_manifest(d), w / total):
+            prefixes.append(prefix)
+            weights.append(weight)
     return prefixes, weights
 
 

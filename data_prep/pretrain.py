@@ -1,32 +1,42 @@
-"""Raw corpus -> Megatron indexed dataset (<prefix>.bin/.idx) + manifest.json.
+"""Raw corpus -> Megatron indexed dataset (<prefix>.bin/.idx shards) + manifest.json, on one node or
+as a SLURM array of tasks that write one dataset.
 
-One parallel pass over ordered work units (see readers.py), then dedup and a merge:
+The input units (see readers.py: a JSONL file, a parquet row group) are listed in a fixed order and
+cut into contiguous ranges by input bytes: first one range per task (array task i of N takes range
+i; the same split on every resubmission), then each task's range into its *slots* (1 at -j 1, else
+4 per worker, fixed when the task first starts, so that a pool of workers stays busy to the end).
+A slot becomes one output shard. Then:
 
-1. process: each worker reads one unit once (JSONL parsed with orjson; a parquet row group's
-   columns), and for every record validates, filters, drops benchmark copies (--decontaminate),
-   replaces secrets (--redact-pii), hashes the final text (xxh3-128) and encodes it with
-   o200k_harmony (encode_ordinary: special-token text inside code stays plain text) + EOD into a
-   per-unit indexed dataset. JSONL inputs are checksummed as they are read.
-2. dedup (main process): the first occurrence of each hash, in unit order, is kept. Done on numpy
-   arrays of hashes, ~24 bytes per candidate document and no Python set. Cross-unit duplicates are
-   tokenized once in vain: cheaper than reading and parsing every input twice (what an earlier
-   two-pass version did) unless most of the corpus repeats itself.
-3. merge: the kept documents of the unit datasets are copied, in unit order, into the output prefix
-   (one, or several of about --shard-tokens tokens each; runs of kept documents are copied as
-   single byte ranges), then manifest.json is written last.
+1. process (the workers, in parallel): a slot's units are read in order, once each (JSONL parsed
+   with orjson; a parquet row group's columns); every record is validated, filtered, dropped if it
+   holds a benchmark problem (--decontaminate), redacted (--redact-pii), hashed (xxh3-128 of the
+   final text) and, unless the slot already holds the same text, encoded with o200k_harmony
+   (encode_ordinary: special-token text inside code stays plain text) + EOD and appended to the
+   slot's .bin. Per unit the hashes and lengths go to .work/units/uNNNNNN.npz and the unit's
+   report to uNNNNNN.json (written last: the unit's "done" mark, with the .bin's end offset and a
+   checksum of the unit's bytes, so a killed slot resumes after its last intact unit).
+2. finalize (whoever finishes last, or `--finalize`): checks that every task ran with the same
+   settings and tokenizer, drops exact duplicates across all slots (the first occurrence in unit
+   order is kept, as one serial run keeps it; ~24 bytes of hashes per document, no token is read),
+   writes each shard's .idx (only the kept documents: a duplicate found across slots stays in its
+   .bin, unreferenced, and the manifest counts those tokens), moves the .bin files into place and
+   writes manifest.json last: its presence marks the dataset complete.
 
-Every step writes its results under <output>/.work/ with atomic renames, and skips what is already
-there, so a killed run continues where it stopped. Nothing depends on the worker count or on the
-order in which workers finish, so the output is byte-identical for any -j and after any resume.
+No pass over the tokens at the end: the serial part is the dedup of the hashes and the indices.
+Concatenating the shards in order gives the same documents in the same order for any -j, any
+number of tasks and after any resume; only the shard boundaries follow the slots.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -39,16 +49,19 @@ import numpy as np
 
 from data_prep.decontam import DecontamConfig, Matcher
 from data_prep.filters import Filter, FilterConfig, language
+from data_prep.indexed import write_index
 from data_prep.pii import VERSION as PII_VERSION
 from data_prep.pii import Redactor
 from data_prep.readers import Unit, expand_inputs, list_units, read_unit, text_keys_of
 from data_prep.teacher import teacher_summary
-from data_prep.util import DropStats, dump_json
+from data_prep.util import MAX_EXAMPLES, DropStats, dump_json
 from kit.fs import write_text_atomic
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards per slot, written by the workers; 1: one merge into --shard-tokens shards
 ABORT_ENV = "DATA_PREP_ABORT_AFTER_UNITS"  # test hook: die like a killed job after N units
+SLOTS_PER_WORKER = 4  # a slot per worker would leave the pool's tail to the slowest one
+TOKEN_BYTES = 4  # int32 token ids in the .bin
 
 
 class PlanMismatchError(RuntimeError):
@@ -65,8 +78,11 @@ class PretrainConfig:
     redact_pii: bool = False  # e-mails, IPs, keys, passwords -> placeholders before tokenizing (pii.py)
     workers: int = 1
     prefix: str = "text_document"
-    shard_tokens: int = 0  # 0: one output prefix; else start a new shard after this many tokens
-    overwrite: bool = False
+    shards: int = 0  # per task; 0: 1 at -j 1, else SLOTS_PER_WORKER x workers (fixed at the task's first start)
+    task: int = 0  # array task index, 0 .. tasks-1
+    tasks: int = 1  # array size: every task must be given the same
+    finalize: bool = False  # only the last step: check the tasks, dedup, index, manifest
+    overwrite: bool = False  # discard this task's work (and a finished dataset) first
     keep_work: bool = False
     progress: bool = True
 
@@ -77,6 +93,7 @@ class PretrainConfig:
 
 _ENC = None
 _MATCHER: tuple[str, Matcher] | None = None
+_REPORT: Any = None  # per finished unit: a callable (inline) or a queue (workers) taking (docs, tokens)
 MAX_TASK_LOCATIONS = 1000  # per benchmark task in the manifest (the count stays exact)
 
 
@@ -100,37 +117,120 @@ def _matcher(dcfg: DecontamConfig | None) -> Matcher | None:
     return _MATCHER[1]
 
 
-def _process_unit(job: tuple) -> tuple[int, int, int, int]:
-    """The one pass over one unit: writes units/uNNNNNN.{bin,idx,npz,json} (json last, the "done"
-    marker); returns (unit index, records, candidate documents, their tokens)."""
+@dataclass(frozen=True)
+class _SlotJob:
+    name: str  # tTTTTT-sSSSS
+    unit_ids: tuple[int, ...]
+    units: tuple[Unit, ...]
+    first_part: tuple[bool, ...]  # the unit is its file's first: it checksums the file
+    text_key: str | list[str]
+    filters: FilterConfig
+    decontam: DecontamConfig | None
+    redact_pii: bool
+    work: str
+
+
+def _unit_path(work: Path | str, i: int, suffix: str) -> Path:
+    return Path(work) / "units" / f"u{i:06d}{suffix}"
+
+
+def _resume_point(job: _SlotJob, part: Path) -> tuple[int, int]:
+    """(units already done, .bin bytes they wrote): the done units are a prefix of the slot's, each
+    checked against the .bin (size and checksum of its bytes); the first that does not match and
+    everything after it are redone."""
     import xxhash
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    done, end = 0, 0
+    size = part.stat().st_size if part.exists() else 0
+    with open(part, "rb") if size else contextlib.nullcontext() as f:
+        for i in job.unit_ids:
+            marker = _unit_path(job.work, i, ".json")
+            if not marker.exists():
+                break
+            info = json.loads(marker.read_text())
+            start, stop = info["bin"]
+            if start != end or stop > size:
+                break
+            h = xxhash.xxh3_64()
+            if stop > start:
+                f.seek(start)
+                left = stop - start
+                while left > 0:
+                    block = f.read(min(left, 1 << 24))
+                    h.update(block)
+                    left -= len(block)
+            if h.hexdigest() != info["bin_xxh3"]:
+                break
+            done, end = done + 1, stop
+    for i in job.unit_ids[done:]:  # stale results of units to redo
+        for suffix in (".json", ".npz"):
+            _unit_path(job.work, i, suffix).unlink(missing_ok=True)
+    return done, end
+
+
+def _process_slot(job: _SlotJob) -> str:
+    """Process the slot's units not done yet, appending to .work/slots/<name>.bin.part; the finished
+    .bin is renamed into place and <name>.json written last (the slot's "done" mark)."""
+    sdir = Path(job.work) / "slots"
+    part, final = sdir / f"{job.name}.bin.part", sdir / f"{job.name}.bin"
+    if (sdir / f"{job.name}.json").exists():
+        return job.name
+    if final.exists() and not part.exists():  # killed between the rename and the mark
+        os.replace(final, part)
+    done, end = _resume_point(job, part)
+    seen: set[tuple[int, int]] = set()  # the texts already in this slot: not tokenized again
+    for i in job.unit_ids[:done]:
+        with np.load(_unit_path(job.work, i, ".npz")) as z:
+            seen.update(zip(z["hi"].tolist(), z["lo"].tolist()))
+    mode = "r+b" if part.exists() else "wb"
+    with open(part, mode) as f:
+        f.truncate(end)
+        f.seek(end)
+        for k in range(done, len(job.unit_ids)):
+            _process_unit(job, k, f, seen if job.filters.dedup else None)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, final)
+    write_text_atomic(
+        sdir / f"{job.name}.json", dump_json({"units": list(job.unit_ids), "bytes": final.stat().st_size})
+    )
+    return job.name
+
+
+def _report(docs: int, tokens: int) -> None:
+    if callable(_REPORT):
+        _REPORT(docs, tokens)
+    elif _REPORT is not None:
+        _REPORT.put((docs, tokens))
+
+
+def _process_unit(job: _SlotJob, k: int, out, seen: set | None) -> None:
+    """The one pass over the slot's k-th unit: tokens appended to `out`; writes units/uNNNNNN.npz,
+    then uNNNNNN.json (the "done" mark)."""
+    import xxhash
 
     from gptoss.tokenizer import EOD_ID
 
-    i, unit, text_key, fcfg, dcfg, redact_pii, work, checksum = job
-    flt = Filter(fcfg)
-    matcher = _matcher(dcfg)
-    redact = Redactor().redact_bytes if redact_pii else None
-    enc = _encoder()
-    encode = enc.encode_to_numpy
-    eod = np.array([EOD_ID], dtype=np.uint32).tobytes()
-    base = Path(work) / "units" / f"u{i:06d}"
-    tmp_bin, tmp_idx = f"{base}.bin.tmp", f"{base}.idx.tmp"
-    builder = IndexedDatasetBuilder(tmp_bin, dtype=np.int32)
-    data_file, seq_lengths, doc_indices = builder.data_file, builder.sequence_lengths, builder.document_indices
+    i, unit = job.unit_ids[k], job.units[k]
+    flt = Filter(job.filters)
+    matcher = _matcher(job.decontam)
+    redact = Redactor().redact_bytes if job.redact_pii else None
+    encode = _encoder().encode_to_numpy
+    eod = np.array([EOD_ID], dtype=np.int32).tobytes()
+    start = out.tell()
+    bin_hash = xxhash.xxh3_64()
 
     contaminated: list[dict[str, Any]] = []
     pii: list[list] = []  # [candidate, kind, count]: rare, so a list beats one array per kind
     drops = DropStats()
     drops_by_lang: dict[str, DropStats] = defaultdict(DropStats)
     served: dict[str, int] = defaultdict(int)  # records whose text came from each key
-    hi, lo, line, nbytes, lang_ids = [], [], [], [], []
+    hi, lo, line, nbytes, lang_ids, ntok = [], [], [], [], [], []
     langs: dict[str, int] = {}
     n = 0
     digest = xxhash.xxh3_128_digest
-    sha = hashlib.sha256() if checksum else None
-    for rec in read_unit(unit, text_key, sha=sha):
+    sha = hashlib.sha256() if job.first_part[k] else None
+    for rec in read_unit(unit, job.text_key, sha=sha):
         n += 1
         if rec.key is not None:
             served[rec.key] += 1
@@ -158,23 +258,27 @@ def _process_unit(job: tuple) -> tuple[int, int, int, int]:
                 b, text = red, red.decode("utf-8", "surrogatepass")
                 pii += [[len(hi), kind, c] for kind, c in sorted(counts.items())]
         d = digest(b)
-        hi.append(int.from_bytes(d[:8], "little"))
-        lo.append(int.from_bytes(d[8:], "little"))
+        h = (int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little"))
+        hi.append(h[0])
+        lo.append(h[1])
         line.append(rec.line)
         nbytes.append(rec.nbytes)
         lang_ids.append(langs.setdefault(lang, len(langs)))
+        if seen is not None:
+            if h in seen:  # an earlier copy in this slot: a duplicate whatever finalize finds
+                ntok.append(0)
+                continue
+            seen.add(h)
         # encode_to_numpy with no allowed specials is encode_ordinary (special-token text stays
-        # text) without building a Python list. Written straight into the builder's file (what
-        # add_document does, without its extra array copy): uint32 ids < 2**31 are int32 bytes.
-        ids = encode(text, disallowed_special=())
-        data_file.write(ids.tobytes())
-        data_file.write(eod)
-        seq_lengths.append(ids.size + 1)
-        doc_indices.append(len(seq_lengths))
-    builder.finalize(tmp_idx)
-    os.replace(tmp_bin, f"{base}.bin")
-    os.replace(tmp_idx, f"{base}.idx")
-    tmp = base.with_name(base.name + ".tmp.npz")
+        # text) without building a Python list; uint32 ids < 2**31 are int32 bytes.
+        ids = encode(text, disallowed_special=()).tobytes()
+        out.write(ids)
+        out.write(eod)
+        bin_hash.update(ids)
+        bin_hash.update(eod)
+        ntok.append(len(ids) // TOKEN_BYTES + 1)
+    out.flush()
+    tmp = _unit_path(job.work, i, ".tmp.npz")
     np.savez(
         tmp,
         hi=np.array(hi, dtype=np.uint64),
@@ -182,9 +286,9 @@ def _process_unit(job: tuple) -> tuple[int, int, int, int]:
         line=np.array(line, dtype=np.int64),
         nbytes=np.array(nbytes, dtype=np.int64),
         lang=np.array(lang_ids, dtype=np.int32),
-        ntok=np.array(seq_lengths, dtype=np.int64),
+        ntok=np.array(ntok, dtype=np.int64),  # 0: not written (a copy of an earlier document of the slot)
     )
-    os.replace(tmp, base.with_suffix(".npz"))
+    os.replace(tmp, _unit_path(job.work, i, ".npz"))
     info = {
         "records": n,
         "text_keys": dict(sorted(served.items())),
@@ -194,10 +298,12 @@ def _process_unit(job: tuple) -> tuple[int, int, int, int]:
         "decontaminated": contaminated,
         "pii": pii,
         "sha256": None if sha is None else sha.hexdigest(),
+        "bin": [start, out.tell()],
+        "bin_xxh3": bin_hash.hexdigest(),
     }
-    # The json is the unit's "done" marker: written after the others, so its presence means all exist.
-    write_text_atomic(base.with_suffix(".json"), dump_json(info))
-    return i, n, len(seq_lengths), int(sum(seq_lengths))
+    # The json is the unit's "done" mark: written after the others, so its presence means all exist.
+    write_text_atomic(_unit_path(job.work, i, ".json"), dump_json(info))
+    _report(len(ntok), int(sum(ntok)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +312,7 @@ def _process_unit(job: tuple) -> tuple[int, int, int, int]:
 
 
 def _plan(cfg: PretrainConfig, files: list[str], units: list[Unit]) -> dict[str, Any]:
-    """Everything the output depends on. A resumed run must have the same plan."""
+    """Everything the output depends on, the same for every task of an array and every resume."""
     from gptoss.tokenizer import fingerprint
 
     return {
@@ -218,51 +324,48 @@ def _plan(cfg: PretrainConfig, files: list[str], units: list[Unit]) -> dict[str,
         "decontam": None if cfg.decontam is None else _matcher(cfg.decontam).summary(),
         "redact_pii": PII_VERSION if cfg.redact_pii else None,
         "prefix": cfg.prefix,
-        "shard_tokens": cfg.shard_tokens,
+        "tasks": cfg.tasks,
         "inputs": [{"path": f, "bytes": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns} for f in files],
         "units": len(units),
     }
 
 
-def _run_jobs(fn: Callable, jobs: list, workers: int, on_done: Callable[[Any], None]) -> None:
-    """Run jobs inline (workers == 1) or in a process pool; `on_done` sees results as they finish.
-
-    Results are only counted, never ordered by arrival, so completion order cannot reach the output.
-    """
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            on_done(fn(j))
-        return
-    # fork: workers inherit the loaded tokenizer and megatron-core instead of importing them again.
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(min(workers, len(jobs)))
-    try:
-        for res in pool.imap_unordered(fn, jobs, chunksize=1):
-            on_done(res)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+def split_by_size(sizes: list[int], n: int) -> list[tuple[int, int]]:
+    """`n` contiguous [first, end) index ranges, cut where the running total of `sizes` is nearest
+    k/n of the total, each range holding at least one item while there are items left (one huge
+    item gets a range of its own; the rest are still spread). Empty ranges only when n > items."""
+    m = len(sizes)
+    cum = np.concatenate(([0], np.cumsum(np.maximum(np.asarray(sizes, dtype=np.int64), 1))))
+    cuts = [0]
+    for k in range(1, n):
+        target = cum[-1] * k / n
+        i = int(np.searchsorted(cum, target))
+        if i > 0 and target - cum[i - 1] < cum[i] - target:
+            i -= 1
+        lo, hi = min(cuts[-1] + 1, m), max(m - (n - k), cuts[-1])
+        cuts.append(min(max(i, lo), max(hi, lo)))
+    cuts.append(len(sizes))
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
-class SimulatedKill(BaseException):
-    """Raised by the test hook; the CLI turns it into os._exit so that nothing is cleaned up."""
+def _slot_names(task: dict) -> list[str]:
+    return [f"t{task['task']:05d}-s{k:04d}" for k in range(len(task["slots"]))]
 
 
 class _AbortHook:
-    """Simulates a kill (tests): DATA_PREP_ABORT_AFTER_UNITS=PHASE:N (PHASE process: units done;
-    merge: output shards written) stops the run dead once N of them finished in this process. The pool is terminated
-    (workers die mid-write and leave temporary files, as under a real kill) and the CLI exits with
-    os._exit(75), skipping every cleanup."""
+    """Simulates a kill (tests): DATA_PREP_ABORT_AFTER_UNITS=PHASE:N[@TASK] (PHASE process: units
+    done; finalize: output shards indexed) stops the run dead once N of them finished in this process
+    (of array task TASK only, when given). The pool is terminated (workers die mid-write and leave
+    partial files, as under a real kill) and the CLI kills itself (SIGKILL), skipping every cleanup."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: int) -> None:
         v = os.environ.get(ABORT_ENV, "")
-        phase, _, n = v.partition(":")
-        if v and (phase not in ("process", "merge") or not n.isdigit()):
-            raise ValueError(f"{ABORT_ENV}={v!r}: expected process:N or merge:N")
-        self.phase, self.left = (phase, int(n)) if v else ("", 0)
+        spec, _, only = v.partition("@")
+        phase, _, n = spec.partition(":")
+        if v and (phase not in ("process", "finalize") or not n.isdigit() or only and not only.isdigit()):
+            raise ValueError(f"{ABORT_ENV}={v!r}: expected process:N or finalize:N, optionally @TASK")
+        active = bool(v) and (not only or int(only) == task)
+        self.phase, self.left = (phase, int(n)) if active else ("", 0)
 
     def tick(self, phase: str) -> None:
         if phase != self.phase:
@@ -272,10 +375,338 @@ class _AbortHook:
             raise SimulatedKill(f"{ABORT_ENV} reached")
 
 
+class SimulatedKill(BaseException):
+    """Raised by the test hook; the CLI turns it into os._exit so that nothing is cleaned up."""
+
+
 def _progress(total: int, desc: str, unit: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled, mininterval=1.0, smoothing=0.1)
+
+
+def _run_slots(jobs: list[_SlotJob], workers: int, on_unit: Callable[[int, int], None]) -> None:
+    """The slots inline (one worker) or in a pool of forked workers (they inherit the loaded
+    tokenizer: a worker starts in well under a second); `on_unit` sees every finished unit, in
+    this process. Slots are separate files, so the order in which they finish cannot reach the output."""
+    global _REPORT
+    if workers <= 1 or len(jobs) <= 1:
+        _REPORT = on_unit
+        try:
+            for j in jobs:
+                _process_slot(j)
+        finally:
+            _REPORT = None
+        return
+    ctx = mp.get_context("fork")
+    _REPORT = ctx.Queue()
+    pool = ctx.Pool(min(workers, len(jobs)))
+    try:
+        result = pool.map_async(_process_slot, jobs, chunksize=1)
+        while True:
+            try:
+                on_unit(*_REPORT.get(timeout=0.2))
+            except queue.Empty:
+                if result.ready():
+                    break
+        while True:  # what the last units reported after the last poll
+            try:
+                on_unit(*_REPORT.get(timeout=0.05))
+            except queue.Empty:
+                break
+        result.get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        _REPORT = None
+
+
+def run(cfg: PretrainConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any] | None:
+    """Run array task cfg.task of cfg.tasks (one node: task 0 of 1) and, when every task has
+    finished, the last step; returns the manifest (also <output>/manifest.json), or None while
+    other tasks have yet to finish."""
+    t0 = time.time()
+    if not 0 <= cfg.task < cfg.tasks:
+        raise ValueError(f"task {cfg.task} of {cfg.tasks}: the task index must be in 0..{cfg.tasks - 1}")
+    out = Path(cfg.output).absolute()
+    work = out / ".work"
+    files = expand_inputs(cfg.inputs)
+    units = list_units(files)
+    plan = _plan(cfg, files, units)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists() and not cfg.overwrite:
+        old = json.loads(manifest_path.read_text())
+        if old.get("plan") == plan:
+            log(f"{out}: already complete for these inputs and settings ({manifest_path})")
+            return old
+        raise PlanMismatchError(
+            f"{out} already holds a dataset made from other inputs or settings (see {manifest_path}); "
+            "pass --overwrite to replace it or choose another --output"
+        )
+    abort = _AbortHook(cfg.task)
+    timing: dict[str, float] = {"plan": time.time() - t0}
+    if not cfg.finalize:
+        task = _claim_task(cfg, out, work, plan, units, log)
+        t = time.time()
+        _process_task(cfg, task, units, work, abort, log)
+        timing["process"] = time.time() - t
+        write_text_atomic(work / "tasks" / f"t{cfg.task:05d}.done", dump_json(_task_summary(task, work)))
+    tasks = _finished_tasks(cfg, work)
+    if len(tasks) < cfg.tasks:
+        left = sorted(set(range(cfg.tasks)) - set(tasks))
+        if cfg.finalize:
+            raise RuntimeError(
+                f"{out}: task(s) {_ranges(left)} of {cfg.tasks} have not finished; resubmit them "
+                f"(sbatch --array={_ranges(left)} ... --tasks {cfg.tasks}), then run --finalize again"
+            )
+        log(
+            f"task {cfg.task} of {cfg.tasks} done; task(s) {_ranges(left)} still to finish (the last one writes the dataset)"
+        )
+        return None
+    with _finalize_lock(work, cfg) as mine:
+        if not mine:
+            log(
+                f"task {cfg.task}: another task is writing the dataset ({work / 'finalize.lock'}); if none is running, "
+                "run the same command with --finalize"
+            )
+            return None
+        t = time.time()
+        manifest = _finalize(cfg, out, work, plan, tasks, units, abort)
+        timing["finalize"] = time.time() - t
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    _log_summary(cfg, out, files, manifest, time.time() - t0, log)
+    log("timing: " + ", ".join(f"{k} {v:.2f} s" for k, v in timing.items()))
+    if not manifest["kept"]["docs"]:
+        raise RuntimeError(f"no document survived the filters (see {manifest_path}); nothing written but the manifest")
+    return manifest
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (sbatch --array's syntax)."""
+    parts, i = [], 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _claim_task(
+    cfg: PretrainConfig, out: Path, work: Path, plan: dict, units: list[Unit], log: Callable[[str], None]
+) -> dict:
+    """This task's record (.work/tasks/tNNNNN.json: its plan, units and slots): the one of an
+    interrupted run of the same plan, to resume, or a new one. Refuses an interrupted run of other
+    inputs or settings unless --overwrite, which removes this task's work (and a finished dataset)."""
+    tdir = work / "tasks"
+    path = tdir / f"t{cfg.task:05d}.json"
+    if cfg.overwrite:
+        _discard(cfg, out, work)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["plan"] != plan:
+            what = ", ".join(k for k in sorted(set(plan) | set(old["plan"])) if plan.get(k) != old["plan"].get(k))
+            raise PlanMismatchError(
+                f"{work} holds an interrupted run of task {cfg.task} with other inputs or settings ({what}); "
+                "pass --overwrite to discard it"
+            )
+        log(f"resuming task {cfg.task} of {cfg.tasks} in {work}")
+        return old
+    first, end = split_by_size([u.size for u in units], cfg.tasks)[cfg.task]
+    n = cfg.shards or (1 if cfg.workers <= 1 else SLOTS_PER_WORKER * cfg.workers)
+    n = max(1, min(n, end - first))
+    slots = [[first + a, first + b] for a, b in split_by_size([u.size for u in units[first:end]], n) if b > a]
+    task = {"plan": plan, "task": cfg.task, "units": [first, end], "slots": slots}
+    for d in ("tasks", "units", "slots"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, dump_json(task))
+    return task
+
+
+def _discard(cfg: PretrainConfig, out: Path, work: Path) -> None:
+    """--overwrite: this task's work, and a finished dataset's manifest and shards (its manifest names them)."""
+    mpath = out / MANIFEST
+    if mpath.exists():
+        for p in json.loads(mpath.read_text()).get("prefixes", []):
+            for suffix in (".bin", ".idx"):
+                (out / f"{p}{suffix}").unlink(missing_ok=True)
+        mpath.unlink()
+    path = work / "tasks" / f"t{cfg.task:05d}.json"
+    if cfg.tasks == 1:
+        shutil.rmtree(work, ignore_errors=True)
+    elif path.exists():
+        task = json.loads(path.read_text())
+        for name in _slot_names(task):
+            for f in (work / "slots").glob(f"{name}.*"):
+                f.unlink()
+        for i in range(*task["units"]):
+            for suffix in (".json", ".npz"):
+                _unit_path(work, i, suffix).unlink(missing_ok=True)
+        (work / "tasks" / f"t{cfg.task:05d}.done").unlink(missing_ok=True)
+        path.unlink()
+
+
+def _process_task(
+    cfg: PretrainConfig, task: dict, units: list[Unit], work: Path, abort: _AbortHook, log: Callable[[str], None]
+) -> None:
+    """The one read of every unit of this task not done yet, slot by slot."""
+    from gptoss.tokenizer import encoding
+
+    encoding()  # load before forking so that workers share it
+    if cfg.decontam is not None:
+        _matcher(cfg.decontam)
+    first, end = task["units"]
+    first_part = {}
+    for i, u in enumerate(units):
+        first_part.setdefault(u.path, i)
+    names = _slot_names(task)
+    jobs = [
+        _SlotJob(
+            name,
+            tuple(range(a, b)),
+            tuple(units[a:b]),
+            tuple(first_part[units[i].path] == i for i in range(a, b)),
+            cfg.text_key,
+            cfg.filters,
+            cfg.decontam,
+            cfg.redact_pii,
+            str(work),
+        )  # fmt: skip
+        for name, (a, b) in zip(names, task["slots"])
+        if not (work / "slots" / f"{name}.json").exists()
+    ]
+    workers = max(1, min(cfg.workers, len(jobs)))
+    where = f"task {cfg.task} of {cfg.tasks}: " if cfg.tasks > 1 else ""
+    log(f"{where}{end - first} of {len(units)} unit(s) in {len(task['slots'])} slot(s), {cfg.workers} worker(s)")
+    todo = sum(len(j.unit_ids) for j in jobs)
+    bar = _progress(end - first, "prepare", "unit", cfg.progress)
+    bar.update(end - first - todo)
+    t_tok, count = time.time(), [0, 0]
+
+    def unit_done(docs: int, tokens: int) -> None:
+        count[0] += docs
+        count[1] += tokens
+        bar.update(1)
+        rate = count[1] / max(time.time() - t_tok, 1e-9) / 1e3
+        bar.set_postfix_str(f"{count[0]:,} docs, {rate:,.0f}k tok/s", refresh=False)
+        abort.tick("process")
+
+    _run_slots(jobs, workers, unit_done)
+    bar.close()
+
+
+def _task_summary(task: dict, work: Path) -> dict:
+    return {"plan": task["plan"], "task": task["task"], "slots": _slot_names(task)}
+
+
+def _finished_tasks(cfg: PretrainConfig, work: Path) -> dict[int, dict]:
+    tdir = work / "tasks"
+    found = {}
+    for i in range(cfg.tasks):
+        done = tdir / f"t{i:05d}.done"
+        if done.exists():
+            found[i] = {**json.loads((tdir / f"t{i:05d}.json").read_text()), "done": json.loads(done.read_text())}
+    return found
+
+
+@contextlib.contextmanager
+def _finalize_lock(work: Path, cfg: PretrainConfig):
+    """Yields True for the one process that may write the dataset: with one task, always; in an
+    array, the task that creates .work/finalize.lock (two tasks may finish together), or --finalize
+    (which takes over a lock left by a killed task)."""
+    if cfg.tasks == 1:
+        yield True
+        return
+    lock = work / "finalize.lock"
+    who = f"{socket.gethostname()} pid {os.getpid()} job {os.environ.get('SLURM_JOB_ID', '-')}\n"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if not cfg.finalize:
+            yield False
+            return
+        lock.write_text(who)
+    else:
+        os.write(fd, who.encode())
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _check_tasks(cfg: PretrainConfig, out: Path, tasks: dict[int, dict], plan: dict) -> None:
+    """Every task ran with the same plan: the one most tasks have (task 0's on a tie), and this command's."""
+    plans = [json.dumps(tasks[i]["plan"], sort_keys=True) for i in sorted(tasks)]
+    ref_text = max(plans, key=lambda p: (plans.count(p), -plans.index(p)))
+    ref = json.loads(ref_text)
+    for i in sorted(tasks):
+        p = tasks[i]["plan"]
+        if p != ref:
+            what = ", ".join(k for k in sorted(set(p) | set(ref)) if p.get(k) != ref.get(k))
+            raise PlanMismatchError(
+                f"{out}: task {i} of {cfg.tasks} ran with other inputs or settings than the others ({what}); "
+                f"resubmit it with the others' arguments and --overwrite (sbatch --array={i} ... --tasks {cfg.tasks} --overwrite)"
+            )
+    if ref != plan:
+        what = ", ".join(k for k in sorted(set(plan) | set(ref)) if plan.get(k) != ref.get(k))
+        raise PlanMismatchError(
+            f"{out}: the tasks ran with other inputs or settings than this command ({what}); "
+            "run --finalize with the tasks' arguments"
+        )
+
+
+def _finalize(
+    cfg: PretrainConfig, out: Path, work: Path, plan: dict, tasks: dict[int, dict], units: list[Unit], abort: _AbortHook
+) -> dict[str, Any]:
+    """The last step: tasks checked, exact dedup over every slot, one .idx per shard (kept
+    documents only), the .bin files moved into place, the manifest last."""
+    _check_tasks(cfg, out, tasks, plan)
+    infos = [json.loads(_unit_path(work, i, ".json").read_text()) for i in range(len(units))]
+    scans = []
+    for i in range(len(units)):
+        with np.load(_unit_path(work, i, ".npz")) as z:
+            scans.append({k: z[k] for k in z.files})
+    dups = _dedup(scans) if cfg.filters.dedup else [np.zeros(len(s["hi"]), dtype=bool) for s in scans]
+    for i, (s, dup) in enumerate(zip(scans, dups)):
+        if (s["ntok"][~dup] == 0).any():  # a document kept but never written: inconsistent work
+            raise RuntimeError(f"{_unit_path(work, i, '.npz')}: a kept document has no tokens; re-run with --overwrite")
+    drops, languages = _tally(units, infos, scans, dups)
+    slots = [(name, a, b) for i in sorted(tasks) for name, (a, b) in zip(_slot_names(tasks[i]), tasks[i]["slots"])]
+    kept = [sum(int((~dups[i]).sum()) for i in range(a, b)) for _, a, b in slots]
+    names = iter(
+        [cfg.prefix] if sum(k > 0 for k in kept) == 1 else [f"{cfg.prefix}_{n:05d}" for n in range(len(slots))]
+    )
+    shards, unreferenced = [], 0
+    for (slot, a, b), n_kept in zip(slots, kept):
+        src = work / "slots" / f"{slot}.bin"
+        if not n_kept:
+            continue
+        prefix = next(names)
+        ntok = np.concatenate([scans[i]["ntok"] for i in range(a, b)])
+        keep = ~np.concatenate([dups[i] for i in range(a, b)])
+        pointers = np.concatenate(([0], np.cumsum(ntok)))[:-1] * TOKEN_BYTES
+        size = src.stat().st_size if src.exists() else (out / f"{prefix}.bin").stat().st_size
+        if size != int(ntok.sum()) * TOKEN_BYTES:
+            raise RuntimeError(
+                f"{src}: {size} bytes, its units say {int(ntok.sum()) * TOKEN_BYTES}; re-run with --overwrite"
+            )
+        write_index(out / f"{prefix}.idx", ntok[keep], pointers[keep])
+        if src.exists():  # else moved by an earlier, interrupted finalize
+            os.replace(src, out / f"{prefix}.bin")
+        tokens = int(ntok[keep].sum())
+        unreferenced += int(ntok.sum()) - tokens
+        shards.append({"prefix": prefix, "docs": n_kept, "tokens": tokens})
+        abort.tick("finalize")
+    manifest = _manifest(cfg, units, infos, dups, drops, languages, shards, plan)
+    manifest["unreferenced_tokens"] = unreferenced
+    write_text_atomic(out / MANIFEST, dump_json(manifest))
+    return manifest
 
 
 def _dedup(scans: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -300,148 +731,6 @@ def _loc(unit: Unit, line: int) -> str:
     return f"{unit.path}:{line}" if unit.kind == "jsonl" else f"{unit.path}:row{line}"
 
 
-def _append(builder, prefix: str, keep: np.ndarray) -> None:
-    """The documents of one unit dataset where `keep` is set, appended to `builder`: runs of kept
-    documents are copied as byte ranges. Like IndexedDatasetBuilder.add_index, without its
-    gc.collect(), which costs ~0.6 s per call in a process that has imported torch: thousands of
-    units would spend hours collecting garbage."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader
-
-    index = _IndexReader(prefix + ".idx", multimodal=False)
-    if index.dtype != builder.dtype:
-        raise RuntimeError(f"{prefix}.idx has dtype {index.dtype}, expected {builder.dtype}")
-    lengths = np.asarray(index.sequence_lengths).astype(np.int64)
-    pointers = np.asarray(index.sequence_pointers).astype(np.int64)
-    if len(lengths) != len(keep) or not np.array_equal(np.asarray(index.document_indices), np.arange(len(keep) + 1)):
-        raise RuntimeError(f"{prefix}: unit dataset does not match its scan; re-run with --overwrite")
-    del index
-    offset = len(builder.sequence_lengths)
-    kept = lengths[keep]
-    builder.sequence_lengths.extend(kept.tolist())
-    builder.document_indices.extend((offset + np.arange(1, kept.size + 1)).tolist())
-    ends = pointers + lengths * np.dtype(builder.dtype).itemsize
-    # runs of consecutive kept documents, as [first, end) index pairs
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.astype(np.int8), [0]))))
-    with open(prefix + ".bin", "rb") as f:
-        for a, b in zip(edges[::2], edges[1::2]):
-            f.seek(int(pointers[a]))
-            left = int(ends[b - 1] - pointers[a])
-            while left > 0:
-                block = f.read(min(left, 1 << 22))
-                if not block:
-                    raise RuntimeError(f"{prefix}.bin is shorter than its index says; re-run with --overwrite")
-                builder.data_file.write(block)
-                left -= len(block)
-
-
-def output_prefixes(out: Path, prefix: str, n_shards: int) -> list[Path]:
-    if n_shards <= 1:
-        return [out / prefix]
-    return [out / f"{prefix}_{k:05d}" for k in range(n_shards)]
-
-
-def run(cfg: PretrainConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
-    """Build the dataset described by `cfg`; returns the manifest (also written to <output>/manifest.json).
-
-    One pass over every unit (read, filter, decontaminate, redact, hash, tokenize: `_process_units`,
-    resumable per unit), then exact dedup and the tallies (`_tally`), the shards in unit order
-    (`_merge`), and the manifest last: its presence marks the dataset complete."""
-    t0 = time.time()
-    out = Path(cfg.output).absolute()
-    work = out / ".work"
-    files = expand_inputs(cfg.inputs)
-    units = list_units(files)
-    plan = _plan(cfg, files, units)
-    manifest_path = out / MANIFEST
-    complete = _claim_output(cfg, out, work, plan, log)
-    if complete is not None:
-        return complete
-    abort = _AbortHook()
-    _process_units(cfg, files, units, work, abort, log)
-    udir = work / "units"
-    infos = [json.loads((udir / f"u{i:06d}.json").read_text()) for i in range(len(units))]
-    scans = []
-    for i in range(len(units)):
-        with np.load(udir / f"u{i:06d}.npz") as z:
-            scans.append({k: z[k] for k in z.files})
-    dups = _dedup(scans) if cfg.filters.dedup else [np.zeros(len(s["hi"]), dtype=bool) for s in scans]
-    drops, languages = _tally(units, infos, scans, dups)
-    shards = _merge(cfg, out, units, udir, scans, dups, abort)
-    manifest = _manifest(cfg, files, units, infos, dups, drops, languages, shards, plan)
-    write_text_atomic(manifest_path, dump_json(manifest))
-    if not cfg.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    _log_summary(cfg, out, files, manifest, time.time() - t0, log)
-    if not manifest["kept"]["docs"]:
-        raise RuntimeError(f"no document survived the filters (see {manifest_path}); nothing written but the manifest")
-    return manifest
-
-
-def _claim_output(cfg: PretrainConfig, out: Path, work: Path, plan: dict, log: Callable[[str], None]) -> dict | None:
-    """The finished manifest when `out` already holds this very dataset; else prepare `work` (fresh,
-    or an interrupted run of the same plan to resume) and return None. Refuses a dataset or an
-    interrupted run of other inputs or settings unless --overwrite (which removes only those)."""
-    manifest_path = out / MANIFEST
-    if manifest_path.exists() and not cfg.overwrite:
-        old = json.loads(manifest_path.read_text())
-        if old.get("plan") == plan:
-            log(f"{out}: already complete for these inputs and settings ({manifest_path})")
-            return old
-        raise PlanMismatchError(
-            f"{out} already holds a dataset made from other inputs or settings (see {manifest_path}); "
-            "pass --overwrite to replace it or choose another --output"
-        )
-    if cfg.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-        manifest_path.unlink(missing_ok=True)
-    plan_path = work / "plan.json"
-    if plan_path.exists():
-        if json.loads(plan_path.read_text()) != plan:
-            raise PlanMismatchError(
-                f"{work} holds an interrupted run with other inputs or settings; pass --overwrite to discard it"
-            )
-        log(f"resuming the interrupted run in {work}")
-    (work / "units").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(plan_path, dump_json(plan))
-    return None
-
-
-def _process_units(
-    cfg: PretrainConfig, files: list[str], units: list[Unit], work: Path, abort: _AbortHook, log: Callable[[str], None]
-) -> None:
-    """The one read of every unit not done yet: read, filter, decontaminate, redact, hash, tokenize."""
-    from gptoss.tokenizer import encoding
-
-    encoding()  # load before forking so that workers share it
-    workers = max(1, cfg.workers)
-    log(f"{len(files)} input file(s) in {len(units)} unit(s), {workers} worker(s)")
-    # Largest units first: the pool's tail is shorter when the big pieces start early.
-    by_size = sorted(range(len(units)), key=lambda i: (-units[i].size, i))
-    first_part = {}
-    for i, u in enumerate(units):
-        first_part.setdefault(u.path, i)
-    udir = work / "units"
-    todo = [i for i in by_size if not (udir / f"u{i:06d}.json").exists()]
-    bar = _progress(len(units), "prepare", "unit", cfg.progress)
-    bar.update(len(units) - len(todo))
-    t_tok, tok_count = time.time(), [0, 0]
-
-    def unit_done(res: tuple[int, int, int, int]) -> None:
-        tok_count[0] += res[2]
-        tok_count[1] += res[3]
-        bar.update(1)
-        rate = tok_count[1] / max(time.time() - t_tok, 1e-9) / 1e3
-        bar.set_postfix_str(f"{tok_count[0]:,} docs, {rate:,.0f}k tok/s", refresh=False)
-        abort.tick("process")
-
-    jobs = [
-        (i, units[i], cfg.text_key, cfg.filters, cfg.decontam, cfg.redact_pii, str(work), first_part[units[i].path] == i)
-        for i in todo
-    ]
-    _run_jobs(_process_unit, jobs, workers, unit_done)
-    bar.close()
-
-
 def _tally(units: list[Unit], infos: list[dict], scans: list[dict], dups: list[np.ndarray]) -> tuple[DropStats, dict]:
     """Drops (the units' own, plus the duplicates) and kept/dropped documents per language."""
     drops = DropStats()
@@ -452,10 +741,15 @@ def _tally(units: list[Unit], infos: list[dict], scans: list[dict], dups: list[n
         for lang, d in info["dropped_by_lang"].items():
             lang_drops[lang].merge(d)
         s, dup = scans[i], dups[i]
-        for j in np.flatnonzero(dup):
-            lang = info["langs"][s["lang"][j]]
-            drops.add("duplicate", int(s["nbytes"][j]), _loc(units[i], int(s["line"][j])))
-            lang_drops[lang].add("duplicate", int(s["nbytes"][j]), None)
+        idx = np.flatnonzero(dup)  # counted with numpy: a corpus may hold tens of millions of copies
+        if idx.size:
+            for j in idx[:MAX_EXAMPLES]:  # the first locations (DropStats keeps MAX_EXAMPLES)
+                drops.add("duplicate", 0, _loc(units[i], int(s["line"][j])), docs=0)
+            drops.add("duplicate", int(s["nbytes"][idx].sum()), None, docs=int(idx.size))
+            lang_of, bytes_of = s["lang"][idx], s["nbytes"][idx]
+            for j, lang in enumerate(info["langs"]):
+                if (sel := lang_of == j).any():
+                    lang_drops[lang].add("duplicate", int(bytes_of[sel].sum()), None, docs=int(sel.sum()))
         for j, lang in enumerate(info["langs"]):
             sel = ~dup & (s["lang"] == j)
             if sel.any():
@@ -468,48 +762,8 @@ def _tally(units: list[Unit], infos: list[dict], scans: list[dict], dups: list[n
     return drops, languages
 
 
-def _merge(
-    cfg: PretrainConfig, out: Path, units: list[Unit], udir: Path, scans: list[dict], dups: list[np.ndarray], abort: _AbortHook
-) -> list[dict[str, Any]]:
-    """The kept documents of every unit, in unit order, into shards of about cfg.shard_tokens."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    unit_docs = [int((~d).sum()) for d in dups]
-    unit_tokens = [int(s["ntok"][~d].sum()) for s, d in zip(scans, dups)]
-    groups: list[list[int]] = [[]]
-    acc = 0
-    for i in range(len(units)):
-        if unit_docs[i] == 0:
-            continue
-        if cfg.shard_tokens and acc >= cfg.shard_tokens:
-            groups.append([])
-            acc = 0
-        groups[-1].append(i)
-        acc += unit_tokens[i]
-    prefixes = output_prefixes(out, cfg.prefix, len(groups)) if sum(unit_docs) else []
-    shards = []
-    for group, prefix in zip(groups, prefixes):
-        tmp_bin, tmp_idx = f"{prefix}.bin.tmp", f"{prefix}.idx.tmp"
-        builder = IndexedDatasetBuilder(tmp_bin, dtype=np.int32)
-        for i in group:
-            _append(builder, str(udir / f"u{i:06d}"), ~dups[i])
-        builder.finalize(tmp_idx)
-        os.replace(tmp_bin, f"{prefix}.bin")
-        os.replace(tmp_idx, f"{prefix}.idx")
-        shards.append(
-            {
-                "prefix": prefix.name,
-                "docs": sum(unit_docs[i] for i in group),
-                "tokens": sum(unit_tokens[i] for i in group),
-            }
-        )
-        abort.tick("merge")
-    return shards
-
-
 def _manifest(
     cfg: PretrainConfig,
-    files: list[str],
     units: list[Unit],
     infos: list[dict],
     dups: list[np.ndarray],
@@ -520,6 +774,7 @@ def _manifest(
 ) -> dict[str, Any]:
     from gptoss.tokenizer import fingerprint
 
+    files = [i["path"] for i in plan["inputs"]]
     sha = {units[i].path: infos[i]["sha256"] for i in range(len(units)) if infos[i]["sha256"]}
     served: dict[str, dict[str, int]] = {f: {} for f in files}
     for u, info in zip(units, infos):
@@ -536,8 +791,13 @@ def _manifest(
         "prefixes": [s["prefix"] for s in shards],
         "shards": shards,
         "inputs": [
-            {"path": f, "bytes": os.path.getsize(f), "sha256": sha.get(f), "text_keys": dict(sorted(served[f].items()))}
-            for f in files
+            {
+                "path": f["path"],
+                "bytes": f["bytes"],
+                "sha256": sha.get(f["path"]),
+                "text_keys": dict(sorted(served[f["path"]].items())),
+            }
+            for f in plan["inputs"]
         ],
         "records": records,
         "kept": {"docs": sum(s["docs"] for s in shards), "tokens": sum(s["tokens"] for s in shards)},
@@ -551,9 +811,16 @@ def _manifest(
     }
 
 
-def _log_summary(cfg: PretrainConfig, out: Path, files: list[str], manifest: dict, dt: float, log: Callable[[str], None]) -> None:
+def _log_summary(
+    cfg: PretrainConfig, out: Path, files: list[str], manifest: dict, dt: float, log: Callable[[str], None]
+) -> None:
     kept_docs, kept_tokens = manifest["kept"]["docs"], manifest["kept"]["tokens"]
-    records, shards, decontam, dropped = manifest["records"], manifest["shards"], manifest["decontamination"], manifest["dropped"]
+    records, shards, decontam, dropped = (
+        manifest["records"],
+        manifest["shards"],
+        manifest["decontamination"],
+        manifest["dropped"],
+    )
     served = {i["path"]: i["text_keys"] for i in manifest["inputs"]}
     log(
         f"{out}: kept {kept_docs:,} of {records:,} documents, {kept_tokens:,} tokens in {len(shards)} shard(s), "
@@ -561,13 +828,18 @@ def _log_summary(cfg: PretrainConfig, out: Path, files: list[str], manifest: dic
     )
     if len(manifest["plan"]["text_key"]) > 1:
         for f in files:
-            log(f"  {f}: text from " + (", ".join(f"{k} {c:,}" for k, c in served[f].items()) or "no key (all missing)"))
+            log(
+                f"  {f}: text from " + (", ".join(f"{k} {c:,}" for k, c in served[f].items()) or "no key (all missing)")
+            )
     if decontam is not None:
         for line in _decontam_lines(decontam):
             log(line)
     if manifest["pii"] is not None:
         kinds = manifest["pii"]["kinds"]
-        log("  redacted: " + (", ".join(f"{k} {v['replaced']:,} in {v['docs']:,} doc(s)" for k, v in kinds.items()) or "nothing found"))
+        log(
+            "  redacted: "
+            + (", ".join(f"{k} {v['replaced']:,} in {v['docs']:,} doc(s)" for k, v in kinds.items()) or "nothing found")
+        )
     for reason, v in dropped.items():
         log(f"  dropped {v['docs']:,} ({reason}), e.g. {', '.join(v['examples'][:3])}")
 
@@ -624,7 +896,9 @@ def _decontam_lines(rep: dict[str, Any]) -> list[str]:
     lines = [f"  decontamination: dropped {rep['dropped_docs']:,} document(s)"]
     for bench, ts in rep["tasks"].items():
         src = rep["sources"][bench]
-        lines.append(f"    {bench}: {len(ts)} of {src['problems']} task(s) found, {len(src['exempt'])} string(s) exempt as too short")
+        lines.append(
+            f"    {bench}: {len(ts)} of {src['problems']} task(s) found, {len(src['exempt'])} string(s) exempt as too short"
+        )
         for task, t in ts.items():
             where = ", ".join(f"{x['file']}:{x['row']}" for x in t["locations"][:3])
             fields = ", ".join(f"{k} {v}" for k, v in sorted(t["fields"].items()))

@@ -15,6 +15,7 @@ from: the Makefile, the SLURM scripts (slurm/lib.sh) and the NeMo-Run launcher u
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,6 +36,28 @@ def model_dir(model: str, fmt: str) -> Path:
 def data_prefix(dataset: str, name: str = "text_document") -> Path:
     """Prefix of an indexed dataset (Megatron appends .bin/.idx)."""
     return root() / "data" / dataset / name
+
+
+def shard_weights(dataset_dir: Path, manifest: dict, weight: float) -> list[tuple[str, float]]:
+    """A prepared dataset's shards (its manifest.json lists them) as (prefix, weight) blend entries,
+    `weight` split in proportion to their tokens."""
+    shards = manifest["shards"]
+    tokens = sum(s["tokens"] for s in shards)
+    return [(str(Path(dataset_dir) / s["prefix"]), round(weight * s["tokens"] / tokens, 12)) for s in shards]
+
+
+def expand_sharded(prefix: str, weight: float) -> list[tuple[str, float]]:
+    """A blend entry <dir>/<name> (a recipe's default, data/<dataset>/text_document) of a dataset
+    written as shards <name>_00000, <name>_00001, ... (data_prep at -j > 1): one entry per shard.
+    Any other entry is returned as it is."""
+    p = Path(prefix)
+    manifest = p.parent / "manifest.json"
+    if Path(prefix + ".bin").exists() or not manifest.exists():
+        return [(prefix, weight)]
+    m = json.loads(manifest.read_text())
+    if not m.get("shards") or not all(s["prefix"].startswith(p.name + "_") for s in m["shards"]):
+        return [(prefix, weight)]
+    return shard_weights(p.parent, m, weight)
 
 
 def data_dir(dataset: str) -> Path:

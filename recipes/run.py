@@ -58,7 +58,14 @@ def check_data(cfg: Any) -> None:
 
     blend = getattr(cfg.dataset, "blend", None)
     if blend is not None:
-        prefixes = blend[0]
+        # a default prefix (data/the-stack/text_document) of a dataset written as shards: the shards
+        from kit.workspace import expand_sharded
+
+        weights = blend[1] or [1.0] * len(blend[0])
+        entries = [e for prefix, w in zip(blend[0], weights) for e in expand_sharded(prefix, w)]
+        if len(entries) != len(blend[0]):
+            cfg.dataset.blend = ([p for p, _ in entries], [w for _, w in entries])
+        prefixes = cfg.dataset.blend[0]
         for prefix in prefixes:
             missing = [s for s in (".bin", ".idx") if not Path(prefix + s).exists()]
             if missing:

@@ -10,8 +10,12 @@
 # Data preparation on a CPU node (no GPU asked for): python -m data_prep pretrain|sft|blend.
 # Submit to your cluster's CPU partition, with the workers following --cpus-per-task:
 #   sbatch -p cpu slurm/data_prep.sh pretrain 'raw/the-stack/**/*.parquet' -o $WORKSPACE/data/the-stack
-# A run cut short (time limit, node failure, scancel) resumes where it stopped when submitted again
-# with the same arguments: data_prep keeps its finished shards under <output>/.work.
+# Past one node, as an array of N tasks writing one dataset (task i takes share i of the inputs;
+# the last task to finish writes the manifest; see README "On a cluster"):
+#   sbatch -p cpu --array=0-15 slurm/data_prep.sh pretrain 'raw/the-stack/**/*.parquet' -o $WORKSPACE/data/the-stack
+# A run or task cut short (time limit, node failure, scancel) resumes where it stopped when submitted
+# again with the same arguments (one task of an array: --array=I ... --tasks N): data_prep keeps its
+# finished units under <output>/.work.
 # shellcheck source=slurm/lib.sh
 source "${KIT_DIR:-${SLURM_SUBMIT_DIR:-.}}/slurm/lib.sh"
 kit_tool data_prep "$@"

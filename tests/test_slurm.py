@@ -252,6 +252,59 @@ def test_data_prep_runs_as_a_cpu_job(cluster, ws):
     assert "2 worker(s)" in log, log
 
 
+@pytest.mark.slurm
+def test_data_prep_as_an_array_job(cluster, ws, tmp_path):
+    """sbatch --array=0-2 slurm/data_prep.sh pretrain ...: task 1 is killed after one unit (the test
+    hook: SIGKILL, as by the OOM killer or a node failure), the others finish and the dataset is not written; task 1
+    resubmitted alone (--array=1 ... --tasks 3) resumes and, last, writes the dataset: the same
+    documents, in the same order, as a one-node run. Then an array whose task 2 ran with other
+    settings: the last step refuses in one line naming task 2."""
+    from test_data_prep_array import read_all
+    from tiny_data import write_code_corpus
+
+    from data_prep import pretrain
+    from data_prep.filters import FilterConfig
+
+    raw = write_code_corpus(ws / "raw" / "array", files=6)
+    ref = tmp_path / "one-node"
+    pretrain.run(
+        pretrain.PretrainConfig(inputs=raw, output=ref, filters=FilterConfig(licenses=[]), progress=False),
+        log=lambda s: None,
+    )
+    out = ws / "data" / "array-code"
+    args = ("data_prep.sh", "pretrain", str(Path(raw[0]).parent), "-o", str(out), "--licenses", "any", "--no-progress")
+    cpu = ("-p", "cpu", "--cpus-per-task=1")
+
+    job = submit(cluster, ws, *args, sbatch=(*cpu, "--array=0-2"), env={pretrain.ABORT_ENV: "process:1@1"})
+    states = {i: cluster.wait(f"{job}_{i}", timeout=300) for i in range(3)}
+    assert states[1]["JobState"] == "FAILED", output(ws, job)
+    assert all(states[i]["JobState"] == "COMPLETED" for i in (0, 2)), states
+    assert not (out / "manifest.json").exists()
+    again = submit(cluster, ws, *args, "--tasks", "3", sbatch=(*cpu, "--array=1"))
+    info = cluster.wait(f"{again}_1", timeout=300)
+    assert info["JobState"] == "COMPLETED", output(ws, again)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["tasks"] == 3 and read_all(out) == read_all(ref)
+    assert "resuming task 1 of 3" in "".join(p.read_text() for p in ws.glob("data_prep-*.out"))
+
+    odd_out = ws / "data" / "array-odd"
+    odd = [a if a != str(out) else str(odd_out) for a in args]
+    first = submit(cluster, ws, *odd, "--tasks", "3", sbatch=(*cpu, "--array=0-1"))
+    other = submit(cluster, ws, *odd, "--tasks", "3", "--max-bytes", "5000", sbatch=(*cpu, "--array=2"))
+    ends = [cluster.wait(f"{first}_{i}", timeout=300) for i in (0, 1)] + [cluster.wait(f"{other}_2", timeout=300)]
+    failed = [e for e in ends if e["JobState"] == "FAILED"]
+    assert len(failed) == 1 and not (odd_out / "manifest.json").exists(), ends
+    ids = [e["JobId"] for e in ends]  # each array task's own job id names its output and log
+    texts = [
+        p.read_text() for i in ids for p in (ws / f"data_prep-{i}.out", ws / "logs" / f"data_prep-{i}" / "rank-0.log")
+    ]
+    errors = {line for t in texts for line in t.splitlines() if "ran with other inputs" in line}
+    assert len(errors) == 1, errors  # one line (in the job's .out and its log), no traceback
+    (line,) = errors
+    assert "task 2 of 3" in line and "error: " in line, line
+    assert not any("Traceback" in t for t in texts)
+
+
 def test_data_prep_workers_follow_the_allocation(monkeypatch):
     from data_prep.__main__ import _cores
 

@@ -35,3 +35,22 @@ def write_indexed_dataset(prefix: Path, repeats: int = 60) -> Path:
     # the key data_prep writes
     (prefix.parent / "manifest.json").write_text(json.dumps({"tokenizer": fingerprint()}))
     return prefix
+
+
+def write_code_corpus(root: Path, files: int = 6, docs: int = 30) -> list[str]:
+    """`files` JSONL files of Stack-like rows (content, lang) under `root`, with exact duplicates
+    within a file, between neighbouring files and between the first and the last file (so that
+    an array of tasks meets copies across its tasks' shares). Returns the paths, sorted."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in range(files):
+        rows = [f"def f_{f}_{i}(x):\n    return x * {i} + {f}  # {'pad ' * (i % 5)}\n" for i in range(docs)]
+        rows.append(rows[3])  # within the file
+        if f:
+            rows.append(f"def f_{f - 1}_7(x):\n    return x * 7 + {f - 1}  # {'pad ' * 2}\n")  # the previous file's
+        if f == files - 1:
+            rows.append("def f_0_1(x):\n    return x * 1 + 0  # pad \n")  # the first file's
+        path = root / f"part_{f:03d}.jsonl"
+        path.write_text("".join(json.dumps({"content": r, "lang": "Python"}) + "\n" for r in rows))
+        paths.append(str(path))
+    return paths
