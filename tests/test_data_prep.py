@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from test_data_prep_array import read_all
 
 from data_prep import blend, pretrain
 from data_prep.filters import Filter, FilterConfig, language
@@ -152,12 +153,6 @@ def _read_docs(prefix: Path) -> list[list[int]]:
     return [ds[i].tolist() for i in range(len(ds))]
 
 
-def _read_all(out: Path) -> list[list[int]]:
-    """Every document of the dataset in `out`, its shards in the manifest's order."""
-    m = json.loads((out / "manifest.json").read_text())
-    return [d for p in m["prefixes"] for d in _read_docs(out / p)]
-
-
 def _files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
@@ -207,7 +202,7 @@ def test_dataset_equals_direct_tokenization(built, corpus):
     enc = encoding()
     expected = [enc.encode_ordinary(t) + [EOD_ID] for t in keep]
     assert len(manifest["prefixes"]) > 1  # -j 2: shards written by the workers
-    assert _read_all(out) == expected
+    assert read_all(out) == expected
     assert manifest["kept"] == {"docs": len(keep), "tokens": sum(map(len, expected))}
     assert manifest["tokenizer"] == fingerprint()
     # special-token text inside code is ordinary text, never a control token
@@ -306,7 +301,7 @@ def test_deterministic_across_worker_counts(built, corpus, tmp_path):
     inputs, _, _ = corpus
     out1 = tmp_path / "the-stack"
     m1 = pretrain.run(pretrain.PretrainConfig(inputs=inputs, output=out1, workers=1, progress=False))
-    assert m1["prefixes"] == ["text_document"] and _read_all(out1) == _read_all(out2)
+    assert m1["prefixes"] == ["text_document"] and read_all(out1) == read_all(out2)
     # the slots fix the shards, not the workers: -j 1 with -j 2's slots writes the same bytes
     out3 = tmp_path / "the-stack-3"
     pretrain.run(pretrain.PretrainConfig(inputs=inputs, output=out3, workers=1, shards=8, progress=False))
@@ -352,7 +347,7 @@ def test_sharded_output_and_blend(corpus, built, tmp_path, monkeypatch):
     out = tmp_path / "data" / "the-stack"
     m = pretrain.run(pretrain.PretrainConfig(inputs=inputs, output=out, workers=2, shards=5, progress=False))
     assert len(m["shards"]) > 1
-    assert _read_all(out) == _read_all(out_ref)
+    assert read_all(out) == read_all(out_ref)
     assert sum(s["tokens"] for s in m["shards"]) == ref["kept"]["tokens"]
 
     # the default blend matches the cpt recipe's prefixes: data/the-stack and data/replay under $WORKSPACE
