@@ -128,6 +128,9 @@ def _pretrain_args(sub) -> None:
         "for a job that depends on the array, or after a task died while writing the dataset",
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing dataset or interrupted run")
+    p.add_argument("--teacher-scores", metavar="FILE",
+                   help="attach a teacher's scores (`inference score --out FILE`) as the targets of cross-tokenizer "
+                        "distillation, aligned to the kept documents' tokens (data_prep/alignment.py)")  # fmt: skip
     p.add_argument("--keep-work", action="store_true", help="keep <output>/.work after success")
     p.add_argument("--no-progress", action="store_true")
 
@@ -272,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             try:
-                pretrain.run(cfg)
+                manifest = pretrain.run(cfg)
+                if manifest is not None and args.teacher_scores:  # the dataset is complete: align the teacher
+                    from data_prep import alignment
+
+                    alignment.attach(cfg.output, args.teacher_scores, log=lambda m: print(m, file=sys.stderr))
             except pretrain.SimulatedKill:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)  # a kill: no cleanup of any kind (not 75: that requeues a job)

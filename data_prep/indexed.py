@@ -40,3 +40,20 @@ def write_index(path: str | os.PathLike, lengths: np.ndarray, pointers: np.ndarr
         f.write(np.asarray(lengths, dtype="<i4").tobytes())
         f.write(np.asarray(pointers, dtype="<i8").tobytes())
         f.write(np.arange(n + 1, dtype="<i8").tobytes())
+
+
+def read_index(path: str | os.PathLike) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
+    """(token dtype, lengths, byte pointers, document indices) of an .idx in the layout above."""
+    with open(path, "rb") as f:
+        head = f.read(len(HEADER) + 8 + 1 + 8 + 8)
+        if head[: len(HEADER)] != HEADER:
+            raise ValueError(f"{path}: not a Megatron indexed-dataset index (header {head[:9]!r})")
+        (code,) = struct.unpack("<B", head[len(HEADER) + 8 : len(HEADER) + 9])
+        n, docs = struct.unpack("<QQ", head[len(HEADER) + 9 :])
+        lengths = np.frombuffer(f.read(4 * n), dtype="<i4")
+        pointers = np.frombuffer(f.read(8 * n), dtype="<i8")
+        doc_index = np.frombuffer(f.read(8 * docs), dtype="<i8")
+    dtype = {c: d for d, c in DTYPE_CODES.items()}.get(code)
+    if dtype is None:
+        raise ValueError(f"{path}: token dtype code {code}; the kit reads int32 (code 4) only")
+    return dtype, lengths, pointers, doc_index

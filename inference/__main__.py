@@ -1,4 +1,4 @@
-"""python -m inference {generate, eval code, eval loss, report}: generation and evaluation of gpt-oss.
+"""python -m inference {generate, score, eval code, eval loss, report}: generation, teacher scoring and evaluation.
 
 Checkpoints: a Megatron directory (conversion import, or a training run: pretraining, continued
 pretraining, SFT, LoRA with its base) or an HF directory (bf16 or MXFP4). One process on CPU or
@@ -92,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-stream", action="store_true")
     _chat_args(gen, "raw")
     _sampling_args(gen, 256, 0.0)
+
+    sc = sub.add_parser("score", help="a teacher's log-probability of every token of a corpus, with byte spans "
+                        "(cross-tokenizer distillation: inference/score.py)")  # fmt: skip
+    _model_args(sc, required=False)
+    sc.add_argument("corpus", nargs="+", help="JSONL / parquet files (or globs) as `data_prep pretrain` reads them")
+    sc.add_argument("-o", "--out", required=True, help="scores as JSONL (a rerun continues it)")
+    sc.add_argument("--overwrite", action="store_true", help="discard what an earlier run wrote to --out")
+    sc.add_argument("--tokenizer", help="with --endpoint: the teacher's HF tokenizer directory (not for gpt-oss)")
+    sc.add_argument("--text-key", default="content,text", help="the field(s) holding the text")
+    sc.add_argument("--redact-pii", action="store_true", help="score the text as `data_prep pretrain --redact-pii` writes it")
+    sc.add_argument("--max-context", type=int, help="teacher tokens per window (default: the model's context)")
+    sc.add_argument("--batch-size", type=int, default=8, help="documents per batch")
 
     ev = sub.add_parser("eval", help="evaluate: code (pass@k) or loss (validation loss / perplexity)")
     evsub = ev.add_subparsers(dest="what", required=True)
@@ -428,6 +440,24 @@ def cmd_generate(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_score(args: argparse.Namespace, argv: list[str]) -> int:
+    from inference import score
+
+    if args.endpoint and args.checkpoint:  # argparse gave the first corpus file to the optional MODEL
+        args.corpus, args.checkpoint = [args.checkpoint, *args.corpus], None
+    if args.tokenizer and not args.endpoint:
+        raise ValueError("--tokenizer is for --endpoint: a checkpoint directory brings its own tokenizer")
+    backend = _load(args)
+    if args.tokenizer:
+        from inference.codec import HFTokenizerCodec
+
+        backend.codec = HFTokenizerCodec(args.tokenizer)
+    score.run(backend, args.corpus, args.out, text_key=args.text_key, redact_pii=args.redact_pii,
+              max_context=args.max_context, batch_size=args.batch_size, overwrite=args.overwrite,
+              command=_command(argv), writer=is_rank0())  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_eval_code(args: argparse.Namespace, argv: list[str]) -> int:
     from inference import codeeval
     from inference.problems import load, mbpp_test_split, problem_set, resolve
@@ -654,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference.backends import CheckpointError
     from inference.sandbox import SandboxUnavailable
 
-    commands = {"generate": cmd_generate, "report": cmd_report}
+    commands = {"generate": cmd_generate, "score": cmd_score, "report": cmd_report}
     fn = commands.get(args.cmd) or {"code": cmd_eval_code, "loss": cmd_eval_loss}[args.what]
     try:
         if getattr(args, "iterations", None):

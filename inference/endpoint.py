@@ -83,6 +83,7 @@ class EndpointBackend:
         self.timeout_s = timeout_s
         self.extra = dict(extra or {})
         card = self._model_card()
+        self.max_model_len = card.get("max_model_len")  # vLLM's card says; what `inference score` windows by
         if prompt_format == "auto":
             prompt_format = "ids" if _is_gpt_oss(model, card) else "text"
         self.prompt_format = prompt_format
@@ -129,6 +130,27 @@ class EndpointBackend:
 
     def next_token_logits(self, sequences: list[list[int]]):
         raise NotImplementedError("an endpoint generates whole completions (complete), not one token at a time")
+
+    def prompt_logprobs(self, seqs: list[list[int]]) -> list:
+        """log p(ids[i] | ids[:i]) for i >= 1 of each id sequence (`inference score`), from vLLM's
+        `prompt_logprobs` extension of /v1/completions (one generated token, discarded)."""
+        import numpy as np
+
+        def one(ids: list[int]):
+            body = {"model": self.model, "prompt": list(ids), "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": 0, **self.extra}  # fmt: skip
+            choice = self._request("/v1/completions", body)["choices"][0]
+            entries = choice.get("prompt_logprobs")
+            if not entries or len(entries) != len(ids):
+                raise CheckpointError(
+                    f"endpoint {self.url} returned no prompt log-probabilities for {len(ids)} prompt tokens: scoring "
+                    "needs a server with vLLM's `prompt_logprobs` (python -m vllm.entrypoints.openai.api_server ...)"
+                )
+            # each entry maps token ids (as strings) to {"logprob": ...}; the prompt's own token is always there
+            return np.array([e[str(t)]["logprob"] for t, e in zip(ids[1:], entries[1:])], dtype=np.float64)
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(seqs)))) as pool:
+            return list(pool.map(one, seqs))
 
     def _one(self, prompt: list[int] | str, params: SamplingParams, seed: int) -> Generation:
         body: dict[str, Any] = {

@@ -35,7 +35,13 @@ def row_key(prompt_id: str, sample: int) -> str:
 
 class GenerationLog:
     """The rows already in `path` (their keys), and appending more; `writer`: this process writes
-    (rank 0), the others only read which keys are done so that every rank runs the same batches."""
+    (rank 0), the others only read which keys are done so that every rank runs the same batches.
+    Subclasses name another kind of file (`inference score --out`: inference/score.py)."""
+
+    KIND = GENERATE_KIND
+    COMMAND = "inference generate --out"
+    HEADLINE = ("teacher", "sampling", "mode")  # plan fields repeated at the manifest's top level
+    ROWS = "generations"
 
     def __init__(self, path: str | os.PathLike, plan: dict[str, Any], *, overwrite: bool, writer: bool) -> None:
         self.path = Path(path)
@@ -51,7 +57,7 @@ class GenerationLog:
             old = None
         elif self.path.exists() and self.path.stat().st_size and old is None:
             raise ValueError(
-                f"{self.path} exists and was not written by `inference generate --out` (no {self.manifest_path.name} "
+                f"{self.path} exists and was not written by `{self.COMMAND}` (no {self.manifest_path.name} "
                 "beside it): choose another --out, or move the file away yourself"
             )
         if old is not None:
@@ -59,7 +65,7 @@ class GenerationLog:
             if before != plan:
                 diff = sorted(k for k in {*plan, *before} if plan.get(k) != before.get(k))
                 raise ValueError(
-                    f"{self.path} holds generations of another run (different {', '.join(diff)}; see "
+                    f"{self.path} holds {self.ROWS} of another run (different {', '.join(diff)}; see "
                     f"{self.manifest_path}): use another --out, or --overwrite to start over"
                 )
             self.done = self._read_keys()
@@ -72,8 +78,8 @@ class GenerationLog:
             m = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{self.manifest_path}: not JSON ({e}); move it and {self.path.name} away") from None
-        if not isinstance(m, dict) or m.get("kind") != GENERATE_KIND:
-            raise ValueError(f"{self.manifest_path} is not a manifest of `inference generate`: choose another --out")
+        if not isinstance(m, dict) or m.get("kind") != self.KIND:
+            raise ValueError(f"{self.manifest_path} is not a manifest of `{self.COMMAND}`: choose another --out")
         return m
 
     def _read_keys(self) -> set[str]:
@@ -94,7 +100,7 @@ class GenerationLog:
                 key = json.loads(line)["key"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(
-                    f"{self.path}:{n}: not a row of `inference generate` (no JSON with a key): the file is damaged; "
+                    f"{self.path}:{n}: not a row of `{self.COMMAND}` (no JSON with a key): the file is damaged; "
                     "--overwrite starts over"
                 ) from None
             keys.add(key)
@@ -118,9 +124,9 @@ class GenerationLog:
         m = {
             **self.previous,
             **info,
-            "kind": GENERATE_KIND,
+            "kind": self.KIND,
             "plan": self.plan,
-            **{k: self.plan[k] for k in ("teacher", "sampling", "mode")},
+            **{k: self.plan[k] for k in self.HEADLINE},
             "rows": len(self.done),
             "rows_expected": total,
             "complete": len(self.done) >= total,

@@ -79,6 +79,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     data = redact(cfg.to_dict())
     if is_distillation(cfg):
         data["distillation"] = describe(cfg)
+    from recipes import alm
+
+    if alm.uses_teacher_targets(cfg):  # the loss settings live on the dataset config instance
+        data["distillation"] = {f"dataset.{k}": v for k, v in alm.describe(cfg).items()}
     if args.format == "json":
         print(json.dumps(data, indent=2, default=str))
     else:

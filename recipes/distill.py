@@ -1,9 +1,15 @@
-"""Logit distillation recipes: a gpt-oss teacher teaches a gpt-oss student on the code blend.
+"""Distillation recipes. Two families:
+- logit KD (`*_distill_code`): a gpt-oss teacher runs beside the student and teaches its whole
+  next-token distribution, token for token (below);
+- likelihood matching across tokenizers (`*_distill_starcoder`): StarCoder's log-probabilities of
+  the corpus, computed once offline, teach chunk likelihoods (recipes/alm.py; end of this module).
+
+Logit KD: a gpt-oss teacher teaches a gpt-oss student on the code blend.
 
 Both models use the o200k_harmony tokenizer, so their logits line up token for token and the
 student can learn the teacher's whole next-token distribution, not just the sampled token. (A
-teacher with another tokenizer, StarCoder say, teaches through its generations instead: README,
-"Distillation".)
+teacher with another tokenizer, StarCoder say, teaches by likelihood matching, below, or through its
+generations: README, "Distillation".)
 
 The base, `distill_config`, is the student's continued-pretraining recipe (`cpt_config`: the code
 blend with replay, the student starting from `checkpoint.pretrained_checkpoint`, the released or a
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptoss.arch import GPT_OSS_20B, GPT_OSS_120B, TINY, TINY_TEACHER, GptOssArch
 from kit import workspace
+from recipes.alm import DEFAULT_TEMPERATURE
 from recipes.gpt_oss import (
     _CPU,
     _TINY,
@@ -153,5 +160,53 @@ def gpt_oss_tiny_distill_code(layout: Layout) -> ConfigContainer:
     return for_cpu(
         distill_config(
             TINY, TINY_TEACHER, layout, run="gpt-oss-tiny-distill-code", max_lr=5e-3, min_lr=5e-4, warmup=2, **_TINY
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# From a teacher of another tokenizer (StarCoder): likelihood matching on teacher targets
+# ---------------------------------------------------------------------------------------------
+
+
+def distill_starcoder_config(
+    student: GptOssArch,
+    layout: Layout,
+    *,
+    run: str,
+    kd_weight: float = 1.0,
+    lm_weight: float = 1.0,
+    temperature: float = DEFAULT_TEMPERATURE,
+    **cpt_kwargs: Any,
+) -> ConfigContainer:
+    """Continued pretraining of `student` on the code blend with loss = lm_weight x LM + kd_weight x
+    ALM against the teacher targets beside each dataset (recipes/alm.py: the method and why). The
+    teacher does not run in training: its log-probabilities were computed once (`python -m inference
+    score`) and aligned to the student's tokens by `data_prep pretrain --teacher-scores`."""
+    from recipes.alm import use_teacher_targets
+
+    cfg = cpt_config(student, layout, run=run, **cpt_kwargs)
+    return use_teacher_targets(cfg, kd_weight=kd_weight, lm_weight=lm_weight, temperature=temperature)
+
+
+@gpu_recipe(
+    Layout(tp=2, pp=4, ep=4, sp=True),
+    nodes=2,
+    gpus_per_node=8,
+    what="20b on code (80%) + replay (20%), LM + likelihood matching to StarCoder's scores (cross-tokenizer)",
+)
+def gpt_oss_20b_distill_starcoder(layout: Layout) -> ConfigContainer:
+    """gpt-oss-20b continued on the code blend, taught by StarCoder across tokenizers: the code
+    dataset carries StarCoder's targets (README, "Distillation from StarCoder"), the replay share
+    trains the LM loss only. The layout of gpt_oss_20b_cpt_code: the teacher takes no GPU memory."""
+    return for_gpu_cluster(distill_starcoder_config(GPT_OSS_20B, layout, run="gpt-oss-20b-distill-starcoder", gbs=256))
+
+
+@recipe(Layout(), what="tiny gpt-oss on code + replay, LM + likelihood matching to a teacher's scores (CPU)", **_CPU)
+def gpt_oss_tiny_distill_starcoder(layout: Layout) -> ConfigContainer:
+    """The tiny twin of gpt_oss_20b_distill_starcoder (the tiny student from models/gpt-oss-tiny/megatron)."""
+    return for_cpu(
+        distill_starcoder_config(
+            TINY, layout, run="gpt-oss-tiny-distill-starcoder", max_lr=1e-3, min_lr=1e-4, warmup=2, **_TINY
         )
     )

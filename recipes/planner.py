@@ -210,6 +210,7 @@ class Plan:
     memory_gib: dict[str, float] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
     throughput_basis: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -247,6 +248,7 @@ class Plan:
                 f"budget {t['tokens']:.3g} tokens: {int(t['steps']):,} steps, {t['wall_hours']:,.1f} h wall, "
                 f"{t['gpu_hours']:,.0f} GPU-hours"
             )
+        lines += self.notes
         if self.violations:
             lines.append(f"NOT RUNNABLE: {len(self.violations)} rule(s) violated:")
             lines += [f"  - {v}" for v in self.violations]
@@ -432,6 +434,17 @@ def _plan(cfg, r: _Recipe, knobs, recipe, nodes, gpus_per_node, gpu, tokens, mfu
             f"raise PP/EP/TP, lower micro batch, or use more nodes{hint}"
         )
     p.throughput, p.throughput_basis = _throughput(s, gpu, tokens, mfu, tokens_per_gpu_s)
+    from recipes.alm import uses_teacher_targets
+
+    if uses_teacher_targets(cfg):
+        # the teacher ran once, offline (`inference score`): nothing of it in GPU memory or in the step
+        p.notes.append(
+            "teacher targets (likelihood matching): +4 bytes per token read beside the text (the dataset's size again "
+            "on disk); no teacher in memory or in the step; scoring the corpus once costs 2 x teacher params FLOPs per "
+            "teacher token (StarCoder-15.5B: 31 GFLOP)"
+        )
+        if k.cp > 1:
+            p.violations.append(f"CP={k.cp}: teacher targets are not split for context parallelism: use CP=1")
     return p
 
 

@@ -66,6 +66,12 @@ def check_data(cfg: Any) -> None:
         if len(entries) != len(blend[0]):
             cfg.dataset.blend = ([p for p, _ in entries], [w for _, w in entries])
         prefixes = cfg.dataset.blend[0]
+        from recipes.alm import check_targets, uses_teacher_targets
+
+        if uses_teacher_targets(cfg):
+            for line in check_targets(prefixes):
+                if is_rank0():
+                    print(f"teacher targets: {line}", file=sys.stderr)
         for prefix in prefixes:
             missing = [s for s in (".bin", ".idx") if not Path(prefix + s).exists()]
             if missing:
@@ -357,13 +363,18 @@ def train(cfg: Any, recipe: str, extra_callbacks: list | None = None) -> int:
     from megatron.bridge.training.pretrain import pretrain
 
     from megatron_cpu.training import cpu_training
-    from recipes.distill import is_distillation
 
     # finetune() is pretrain() that insists on starting from weights: continued pretraining, SFT, LoRA.
     # Distillation's step adds the KD loss (megatron.bridge.training.distill.distill() is pretrain()
     # with this step; finetune() with it also loads the student's starting weights).
+    from recipes import alm
+    from recipes.distill import is_distillation
+
     entry = finetune if cfg.checkpoint.pretrained_checkpoint else pretrain
     step = forward_step_modelopt if is_distillation(cfg) else forward_step
+    if alm.uses_teacher_targets(cfg):  # a teacher of another tokenizer, through its targets
+        alm.register_dataset()
+        step = alm.forward_step
     with cpu_training():
         try:
             entry(cfg, step, callbacks=[callback, *(extra_callbacks or [])])

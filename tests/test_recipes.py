@@ -15,7 +15,7 @@ def built():
 
 
 def test_every_recipe_builds_with_the_real_vocabulary(built):
-    assert len(built) == 33
+    assert len(built) == 36
     for name, cfg in built.items():
         assert cfg.model.vocab_size == 201_088, name
         assert cfg.tokenizer.tokenizer_type == "HuggingFaceTokenizer"

@@ -123,6 +123,19 @@ def _generate(teacher: str, prompts: Path, out: Path, *extra: str) -> list[str]:
     return ["generate", teacher, "--prompts-file", str(prompts), "--out", str(out), "--device", "cpu", *extra]
 
 
+def kill_after_rows(cmd: list[str], out: Path, rows: int) -> bool:
+    """Run `cmd` until `out` holds `rows` complete lines, then SIGKILL it (its whole process group).
+    True when it was killed (not finished by itself first)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= rows):
+        assert time.monotonic() < deadline, f"no {rows} rows within 300 s"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc.returncode == -signal.SIGKILL
+
+
 def test_generate_continues_after_a_kill(teacher, tmp_path, capsys):
     """A run killed (SIGKILL) mid-way, its last line torn, then rerun: every (prompt, sample) key
     exactly once, and the very rows an uninterrupted run writes (seeds depend on the key only)."""
@@ -138,16 +151,9 @@ def test_generate_continues_after_a_kill(teacher, tmp_path, capsys):
     assert set(reference) == expected and len(read_jsonl(ref)) == 16
 
     out = tmp_path / "gen.jsonl"
-    cmd = [sys.executable, "-m", "inference", *_generate(teacher, prompts, out, *args)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
-        assert time.monotonic() < deadline, "no row within 300 s"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert kill_after_rows([sys.executable, "-m", "inference", *_generate(teacher, prompts, out, *args)], out, 1)
     written = read_jsonl(out)
-    assert proc.returncode == -signal.SIGKILL and 1 <= len(written) < 16, (proc.returncode, len(written))
+    assert 1 <= len(written) < 16, len(written)
     with out.open("ab") as f:  # what a kill in the middle of a write leaves
         f.write(b'{"key": "p7:1", "completion": "def')
     capsys.readouterr()

@@ -181,3 +181,32 @@ def test_an_endpoint_that_does_not_answer(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--endpoint", url, "--prompt", "x"]) == 2
     assert "--endpoint needs --model NAME" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_teacher_scores_through_the_endpoint_equal_the_hf_backend(served, hf, tmp_path):
+    """`inference score --endpoint`: vLLM's prompt log-probabilities, windowed as the kit windows them
+    (--max-context 24: documents of 40-90 tokens take several windows), give the HF backend's scores:
+    the same spans, log-probabilities equal up to bf16 arithmetic."""
+    from inference import score
+    from inference.problems import load
+
+    url, name, _ = served
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"content": p.prompt[:300]}) + "\n" for p in load("humaneval")[:4]))
+    assert main(["score", "--endpoint", url, "--model", name, str(corpus), "-o", str(tmp_path / "ep.jsonl"),
+                 "--max-context", "24"]) == 0  # fmt: skip
+    score.run(hf, [str(corpus)], str(tmp_path / "hf.jsonl"), max_context=24)
+    ep = {r["key"]: r for r in map(json.loads, (tmp_path / "ep.jsonl").read_text().splitlines())}
+    ref = {r["key"]: r for r in map(json.loads, (tmp_path / "hf.jsonl").read_text().splitlines())}
+    assert ep.keys() == ref.keys() and len(ep) == 4
+    diffs = []
+    for k, r in ref.items():
+        assert ep[k]["ends"] == r["ends"] and len(r["ends"]) > 30
+        assert ep[k]["logprobs"][0] is None and r["logprobs"][0] is None
+        diffs += [abs(a - b) for a, b in zip(ep[k]["logprobs"][1:], r["logprobs"][1:])]
+    diffs.sort()
+    assert diffs[len(diffs) // 2] < 0.05 and diffs[-1] < 0.5, (diffs[len(diffs) // 2], diffs[-1])
+    m = json.loads((tmp_path / "ep.jsonl.manifest.json").read_text())
+    assert m["complete"] and m["teacher"].startswith(f"endpoint:{url}") and m["plan"]["max_context"] == 24
