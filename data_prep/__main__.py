@@ -128,9 +128,10 @@ def _pretrain_args(sub) -> None:
         "for a job that depends on the array, or after a task died while writing the dataset",
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing dataset or interrupted run")
-    p.add_argument("--teacher-scores", metavar="FILE",
-                   help="attach a teacher's scores (`inference score --out FILE`) as the targets of cross-tokenizer "
-                        "distillation, aligned to the kept documents' tokens (data_prep/alignment.py)")  # fmt: skip
+    p.add_argument("--teacher-scores", metavar="FILE", nargs="+",
+                   help="attach a teacher's scores (`inference score --out FILE`; several files: one per corpus shard) as "
+                        "the targets of cross-tokenizer distillation, aligned to the kept documents' tokens "
+                        "(data_prep/alignment.py)")  # fmt: skip
     p.add_argument("--keep-work", action="store_true", help="keep <output>/.work after success")
     p.add_argument("--no-progress", action="store_true")
 

@@ -119,8 +119,25 @@ class StudentBytes:
         return np.cumsum(np.asarray(lens, dtype=np.int64))
 
 
-def read_scores(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict]]:
-    """(manifest, rows by the SHA-256 of the scored text) of a file written by `inference score --out`."""
+def read_scores(paths: list[str | os.PathLike]) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(manifest, rows by the SHA-256 of the scored text) of the files written by `inference score
+    --out` (one per corpus shard, say): one teacher, tokenizer and method across them, or ValueError."""
+    manifests, rows = [], {}
+    for path in paths:
+        m, r = _read_one_scores(path)
+        same = ("teacher", "teacher_tokenizer", "method")
+        if manifests and any(m["plan"].get(k) != manifests[0]["plan"].get(k) for k in same):
+            raise ValueError(
+                f"{path}: scored by {m['plan'].get('teacher')} ({m['plan'].get('teacher_tokenizer')}), {paths[0]} by "
+                f"{manifests[0]['plan'].get('teacher')} ({manifests[0]['plan'].get('teacher_tokenizer')}): one teacher per dataset"
+            )
+        manifests.append(m)
+        rows.update(r)
+    first = manifests[0]
+    return {**first, "plan": {**first["plan"], "files": [m["plan"] for m in manifests]}}, rows
+
+
+def _read_one_scores(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict]]:
     from data_prep.teacher import generation_manifest_path
 
     path = Path(path)
@@ -161,17 +178,17 @@ def _targets_plan(dataset: dict[str, Any], scores: dict[str, Any]) -> dict[str, 
 
 
 def attach(
-    dataset_dir: str | os.PathLike, scores_path: str | os.PathLike, log: Callable[[str], None] = print
+    dataset_dir: str | os.PathLike, scores_paths: list[str | os.PathLike], log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Write the teacher targets of every shard of the dataset in `dataset_dir` from the scores in
-    `scores_path`; returns teacher/manifest.json's content. Done already for the same dataset and
+    `scores_paths`; returns teacher/manifest.json's content. Done already for the same dataset and
     scores: nothing is written again."""
     from data_prep.pretrain import read_manifest
     from gptoss.tokenizer import EOD_ID
 
     out = Path(dataset_dir)
     dataset = read_manifest(out)
-    scores_manifest, rows = read_scores(scores_path)
+    scores_manifest, rows = read_scores(list(scores_paths))
     plan = _targets_plan(dataset, scores_manifest)
     mpath = targets_manifest_path(out)
     if mpath.is_file():
@@ -218,7 +235,7 @@ def attach(
         "teacher": scores_manifest.get("teacher"),
         "teacher_tokenizer": scores_manifest["plan"].get("teacher_tokenizer"),
         "student_tokenizer": dataset["tokenizer"],
-        "scores": {"file": str(scores_path), "rows": len(rows)},
+        "scores": {"files": [str(p) for p in scores_paths], "rows": len(rows)},
         "prefixes": [targets_prefix(s["prefix"]) for s in dataset["shards"]],
         **stats,
         "docs_unscored": stats["docs"] - stats["docs_scored"],

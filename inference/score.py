@@ -205,8 +205,10 @@ def run(
     """Score every distinct document of `inputs` into `out` (resumable); returns the summary."""
     from tqdm import tqdm
 
+    from inference.endpoint import TextOnlyCodec
+
     codec = backend.codec
-    if getattr(codec, "decode_bytes", None) is None or type(codec).__name__ == "TextOnlyCodec":
+    if isinstance(codec, TextOnlyCodec):
         raise ValueError(
             f"{backend.name}: the kit has no tokenizer for this server's model: give the teacher's HF tokenizer "
             "directory with --tokenizer DIR"

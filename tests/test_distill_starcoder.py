@@ -276,6 +276,36 @@ def test_scoring_continues_after_a_kill_and_refuses_another_teacher(ws, teacher,
     assert len(errors) == 1 and "holds scores of another run (different teacher, teacher_tokenizer" in errors[0]
 
 
+def test_scores_in_several_files_give_the_same_targets(ws, teacher, tmp_path):
+    """The corpus scored as two shards (two `score` runs) attaches to the same targets as one file; an
+    unfinished scores file is refused in one line."""
+    from data_prep.alignment import attach
+
+    lines = (ws / "corpus" / "code.jsonl").read_text().splitlines(keepends=True)
+    halves = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    halves[0].write_text("".join(lines[:50]))
+    halves[1].write_text("".join(lines[50:]))
+    for h in halves:
+        assert (
+            inference("score", str(teacher), str(h), "-o", str(h.with_suffix(".scores.jsonl")), "--device", "cpu") == 0
+        )
+    copy = tmp_path / "the-stack"
+    copy.mkdir()
+    for f in (ws / "data" / "the-stack").iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    m = attach(copy, [h.with_suffix(".scores.jsonl") for h in halves], log=lambda _: None)
+    one = ws / "data" / "the-stack" / "teacher"
+    split, whole = (np.fromfile(d / "text_document.bin", dtype=np.float32) for d in (copy / "teacher", one))
+    # equal up to the float noise of other batches (padding changes the teacher's arithmetic a little)
+    assert np.array_equal(np.isnan(split), np.isnan(whole)) and np.allclose(split, whole, atol=1e-4, equal_nan=True)
+    assert m["docs_scored"] == m["docs"] and len(m["scores"]["files"]) == 2
+    manifest = halves[1].with_suffix(".scores.jsonl.manifest.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "complete": False}))
+    with pytest.raises(ValueError, match="scoring has not finished .* rerun the same `inference score` command"):
+        attach(copy, [h.with_suffix(".scores.jsonl") for h in halves], log=lambda _: None)
+
+
 def test_recipe_refuses_targets_of_another_tokenizer_or_method(ws, tmp_path, monkeypatch):
     from recipes.run import prepare
 
