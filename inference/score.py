@@ -73,8 +73,12 @@ def text_tokens(codec: Any, text: str) -> tuple[list[int], int, np.ndarray] | No
     data = text.encode("utf-8", "surrogatepass")
     for lead in (0, 1):
         pieces = [codec.decode_bytes([i]) for i in ids[lead:]]
-        if b"".join(pieces) == data:
-            return ids, lead, np.cumsum([len(p) for p in pieces], dtype=np.int64)
+        joined = b"".join(pieces)
+        ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
+        if joined == data:
+            return ids, lead, ends
+        if joined == b" " + data:  # sentencepiece's prefix space ("▁" prepended): not the text's
+            return ids, lead, np.maximum(ends - 1, 0)
     return None
 
 

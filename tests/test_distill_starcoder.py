@@ -149,6 +149,26 @@ def test_windows_score_every_token_once_with_half_a_window_of_context():
         assert all(first - a >= ctx // 2 for a, _, first in w[1:])
 
 
+def test_teacher_spans_of_both_tokenizer_families(tmp_path):
+    """Byte spans that add up to the text for StarCoder's byte-level BPE and for a Llama-style
+    sentencepiece BPE (its "▁" prefix space and <0xNN> byte pieces), whose BOS is context only."""
+    from test_eval_hf_auto import byte_level_tokenizer, sentencepiece_style_tokenizer
+
+    from inference.codec import HFTokenizerCodec
+    from inference.score import text_tokens
+
+    text = "def größe(x):\n    return x  # ünïcode ✓\n"
+    data = text.encode()
+    for name, tok in (("bpe", byte_level_tokenizer()), ("sp", sentencepiece_style_tokenizer())):
+        tok.save_pretrained(tmp_path / name)
+        codec = HFTokenizerCodec(tmp_path / name)
+        ids, lead, ends = text_tokens(codec, text)
+        assert lead == (1 if name == "sp" else 0) and ends[-1] == len(data) and (np.diff(ends) >= 0).all()
+        assert len(ends) == len(ids) - lead
+        if name == "bpe":  # every span is the token's own bytes
+            assert [data[a:b] for a, b in zip([0, *ends[:-1]], ends)] == [codec.decode_bytes([i]) for i in ids]
+
+
 def test_chunk_targets_and_the_alm_divergence():
     """Chunk targets for a hand-made pair of tokenizations, then the training loss on them against the
     formula written out: chunks cut by a window start, a masked label or a +inf separator do not count."""
