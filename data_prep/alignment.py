@@ -196,6 +196,7 @@ def attach(
         if old.get("plan") == plan:
             log(f"{mpath.parent}: teacher targets already there for these scores")
             return old
+    mpath.unlink(missing_ok=True)  # no manifest while the shards are rewritten: a crash leaves "no targets", not a mix
     student = StudentBytes()
     stats = {"docs": 0, "docs_scored": 0, "docs_mismatched": 0, "chunks": 0, "tokens_in_chunks": 0, "tokens": 0}
     (out / TEACHER_DIR).mkdir(exist_ok=True)

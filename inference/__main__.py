@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--overwrite", action="store_true", help="discard what an earlier run wrote to --out")
     sc.add_argument("--tokenizer", help="with --endpoint: the teacher's HF tokenizer directory (not for gpt-oss)")
     sc.add_argument("--text-key", default="content,text", help="the field(s) holding the text")
-    sc.add_argument("--redact-pii", action="store_true", help="score the text as `data_prep pretrain --redact-pii` writes it")
+    sc.add_argument(
+        "--redact-pii", action="store_true", help="score the text as `data_prep pretrain --redact-pii` writes it"
+    )
     sc.add_argument("--max-context", type=int, help="teacher tokens per window (default: the model's context)")
     sc.add_argument("--batch-size", type=int, default=8, help="documents per batch")
 
@@ -447,6 +449,9 @@ def cmd_score(args: argparse.Namespace, argv: list[str]) -> int:
         args.corpus, args.checkpoint = [args.checkpoint, *args.corpus], None
     if args.tokenizer and not args.endpoint:
         raise ValueError("--tokenizer is for --endpoint: a checkpoint directory brings its own tokenizer")
+    from data_prep.readers import expand_inputs
+
+    expand_inputs(args.corpus)  # a missing corpus file: one line, before any model loads
     backend = _load(args)
     if args.tokenizer:
         from inference.codec import HFTokenizerCodec
@@ -690,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "iterations", None):
             return cmd_eval_curve(fn, args, argv)
         return fn(args, argv)
-    except (CheckpointError, ConversionError, SandboxUnavailable, ValueError) as e:
+    except (CheckpointError, ConversionError, SandboxUnavailable, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -26,9 +26,10 @@ probabilities p = exp(a_c / T) and q = exp(s_c / T), and
 (ALM's binary cross-entropy minus the teacher's entropy, a constant: the same gradient, and 0 when
 the student matches). T = dataset.teacher_temperature, default 1. tokenkit (the paper's code)
 defaults to T = 100, together with its GradMag balancing of the loss terms; in a plain weighted sum
-the ALM gradient shrinks roughly as 1/T, and on the tiny pair T = 100 left the distilled student
-as far from the teacher as the LM-only one after 10 steps (mean |chunk log-likelihood gap| 12.073
-vs 12.077 nats), where T = 1 gave 11.983. Training loss, summed over the batch and divided by its
+the ALM gradient shrinks roughly as 1/T. In one exploratory run on the tiny pair (10 steps, the
+setting of tests/test_distill_starcoder.py but another teacher seed; not a test), T = 100 left the
+distilled student as far from the teacher as the LM-only one (mean |chunk log-likelihood gap|
+12.073 vs 12.077 nats), where T = 1 gave 11.983. Training loss, summed over the batch and divided by its
 tokens like Megatron's LM loss:
 
     loss = lm_weight * LM + kd_weight * sum_c alm_c

@@ -294,6 +294,8 @@ def test_scoring_continues_after_a_kill_and_refuses_another_teacher(ws, teacher,
     assert inference("score", str(other), str(code), "-o", str(out), "--device", "cpu") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "holds scores of another run (different teacher, teacher_tokenizer" in errors[0]
+    assert inference("score", str(teacher), str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "n.jsonl")) == 2
+    assert "matches no file" in capsys.readouterr().err and not (tmp_path / "n.jsonl").exists()
 
 
 def test_scores_in_several_files_give_the_same_targets(ws, teacher, tmp_path):
