@@ -26,6 +26,7 @@ test: setup
 	bash scripts/setup_test_tools.sh
 	PY=$(PY) bash scripts/setup_eval_toolchains.sh
 	bash inference/setup_vllm.sh $(VLLM_VENV) || echo "note: vLLM's CPU build did not install: its endpoint tests skip"
+	bash conversion/setup_llama_cpp.sh || echo "note: llama.cpp's converter did not install: the GGUF test skips"
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q -n 2 --dist loadfile
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,74 @@ def test_qat_export_is_exactly_what_the_run_trained(ws, qad):
     assert checked == 2 * TINY.num_layers
     report = validate.validate(ws / "exports" / "qad-mxfp4", qad, logits=True)
     assert report.ok and any("QAT run" in n for n in report.notes), report.text()
+
+
+# ---- outside check: llama.cpp's converter reads the exports --------------------------------------
+
+LLAMA_CPP = Path(__file__).resolve().parents[1] / "build" / "llama.cpp"
+
+
+def _to_gguf(export: Path, out: Path) -> tuple[dict, dict]:
+    """llama.cpp's convert_hf_to_gguf.py (third party: conversion/setup_llama_cpp.sh) on an HF
+    export, bf16 for what is not MXFP4 (as README converts), read back with
+    its gguf-py: {name: (type, float32 array)}, and the metadata."""
+    import subprocess
+    import sys
+
+    script = LLAMA_CPP / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        pytest.skip("llama.cpp's converter is not installed: run `bash conversion/setup_llama_cpp.sh` (make test does)")
+    run = subprocess.run([sys.executable, str(script), str(export), "--outfile", str(out), "--outtype", "bf16"],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    sys.path.insert(0, str(LLAMA_CPP / "gguf-py"))
+    try:
+        from gguf import GGUFReader
+        from gguf.quants import dequantize
+    finally:
+        sys.path.remove(str(LLAMA_CPP / "gguf-py"))
+    reader = GGUFReader(out)
+    tensors = {t.name: (t.tensor_type.name, dequantize(t.data, t.tensor_type)) for t in reader.tensors}
+    return tensors, {k: f.contents() for k, f in reader.fields.items() if k.startswith("gpt-oss.")}
+
+
+def _same_in_gguf(tensors: dict, export: str, gguf_name: str, want: torch.Tensor, kind: str = "") -> None:
+    """Equal values; of GGUF type `kind`, or else BF16 or F32 (llama.cpp keeps norms, sinks and
+    biases in f32; the bf16 values are exact in either)."""
+    got_kind, got = tensors[gguf_name]
+    assert got_kind in ((kind,) if kind else ("BF16", "F32")), (export, gguf_name, got_kind)
+    assert torch.equal(torch.from_numpy(got.copy()), want.float()), (export, gguf_name)
+
+
+@pytest.mark.training
+def test_qat_and_ptq_exports_convert_with_llama_cpp(ws, qad, tmp_path):
+    """The QAT run's MXFP4 export converts to GGUF as the PTQ export does: llama.cpp keeps its experts
+    in MXFP4 (no requantization) and they dequantize, in gguf-py, to the export's values exactly, so
+    to the fake-quantized weights the run trained (the test above); the rest is the export's too."""
+    from conversion.hf_io import HFCheckpoint
+    from gptoss.arch import TINY
+
+    for name in ("start-mxfp4", "qad-mxfp4"):
+        export = HFCheckpoint(ws / "exports" / name)
+        assert export.is_mxfp4
+        tensors, meta = _to_gguf(export.path, tmp_path / f"{name}.gguf")
+        assert meta["gpt-oss.expert_count"] == TINY.num_experts and meta["gpt-oss.block_count"] == TINY.num_layers
+        assert meta["gpt-oss.attention.sliding_window"] == TINY.sliding_window
+        assert meta["gpt-oss.rope.scaling.factor"] == TINY.yarn_factor
+
+        same = partial(_same_in_gguf, tensors, name)
+        for layer in range(TINY.num_layers):
+            hf = f"model.layers.{layer}."
+            gate_up = export.get_dequantized(hf + "mlp.experts.gate_up_proj")  # [E, in, out], rows interleaved
+            down = export.get_dequantized(hf + "mlp.experts.down_proj")
+            same(f"blk.{layer}.ffn_gate_exps.weight", gate_up[..., ::2].transpose(-1, -2), "MXFP4")
+            same(f"blk.{layer}.ffn_up_exps.weight", gate_up[..., 1::2].transpose(-1, -2), "MXFP4")
+            same(f"blk.{layer}.ffn_down_exps.weight", down.transpose(-1, -2), "MXFP4")
+            bias = export.get(hf + "mlp.experts.gate_up_proj_bias")
+            same(f"blk.{layer}.ffn_gate_exps.bias", bias[..., ::2])
+            same(f"blk.{layer}.ffn_up_exps.bias", bias[..., 1::2])
+            for ours, theirs in (("self_attn.q_proj.weight", "attn_q.weight"), ("self_attn.sinks", "attn_sinks.weight"),
+                                 ("mlp.router.weight", "ffn_gate_inp.weight")):  # fmt: skip
+                same(f"blk.{layer}.{theirs}", export.get(hf + ours))
+        same("token_embd.weight", export.get("model.embed_tokens.weight"))
+        same("output.weight", export.get("lm_head.weight"))
