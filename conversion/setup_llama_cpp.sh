@@ -7,9 +7,7 @@
 # finished install); the tests that need it skip with this command as the fix when it is missing.
 # Usage: bash conversion/setup_llama_cpp.sh [DIR]   (default: build/llama.cpp, ignored by git)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-DEST=${1:-build/llama.cpp}
+DEST=$(realpath -m "${1:-$(dirname "$0")/../build/llama.cpp}")  # a DIR given is the caller's, not the checkout's
 VERSION=0.3.36
 URL=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$VERSION.tar.gz
 SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e

@@ -297,3 +297,16 @@ def test_test_quick_leaves_out_exactly_the_registered_heavy_markers():
     assert set(deselected[1].split(" or ")) == {"slow", *HEAVY_MARKS}
     ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert {m.split(":")[0] for m in ini["markers"]} >= {"slow", *HEAVY_MARKS}
+
+
+def test_no_test_fixture_outlives_its_module():
+    """tests/conftest.py removes what a module created under the worker's base directory once the
+    module is done; a session- or package-scoped fixture would lose its files under the next module."""
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.keyword) and node.arg == "scope"
+        and isinstance(node.value, ast.Constant) and node.value.value in ("session", "package")
+    ]  # fmt: skip
+    assert found == [], found
