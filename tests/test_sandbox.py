@@ -3,7 +3,7 @@
 Each hostile program runs for real: the tests then look for what it tried to leave behind (files
 outside its directory, processes, connections to a listening socket) and time it, rather than
 trusting its exit status. Every isolation variant this machine supports is exercised: as root the
-sample drops to `nobody` (the path CI takes); the user-namespace path is what a normal user gets
+sample drops to a uid of its own (the path CI takes); the user-namespace path is what a normal user gets
 on a cluster node; the legacy remount path is what kernels older than 5.12 get.
 """
 
@@ -26,7 +26,7 @@ needs_ns = pytest.mark.skipif(REASON is not None, reason=f"namespaces unavailabl
 IS_ROOT = os.geteuid() == 0
 
 VARIANTS = [
-    pytest.param({}, id="default"),  # root: mount/net/pid namespaces + setuid nobody; user: a user namespace
+    pytest.param({}, id="default"),  # root: mount/net/pid namespaces + a uid of its own; user: a user namespace
     pytest.param({"userns": True}, id="userns"),
     pytest.param({"legacy_remount": True}, id="legacy-remount"),
 ]
@@ -125,7 +125,7 @@ def test_detached_children_die_with_the_sample():
 
 @needs_ns
 def test_fork_bomb_is_bounded_and_cleaned_up():
-    """As root the sample runs as nobody, so RLIMIT_NPROC applies (the kernel never enforces it
+    """As root the sample runs as a uid of its own, so RLIMIT_NPROC applies (the kernel never enforces it
     for uid 0); the PID namespace takes every process down when the sample ends."""
     bomb = textwrap.dedent("""
         import os, time
@@ -144,6 +144,54 @@ def test_fork_bomb_is_bounded_and_cleaned_up():
     # at most max_processes processes of the sample's uid (its pid 1 included)
     assert 1 <= pc.peak - pc.before <= limits.max_processes, pc.peak
     assert len(sandboxed_pids()) <= pc.before, "fork bomb processes outlived the sample"
+
+
+@needs_ns
+def test_a_fork_bomb_leaves_a_concurrent_sample_its_threads():
+    """RLIMIT_NPROC counts every process and thread of a uid machine-wide: samples sharing one uid
+    (as they did with `nobody`) shared one budget, and a fork bomb in one made a correct rustc or JVM
+    beside it fail. Each sample has a uid of its own (as root: a random one, named in its
+    /etc/passwd; in a user namespace: its own namespace's count), so a sample that starts 10 threads
+    passes while another sample exhausts its 16 processes (10: each thread reserves ~70 MB of the
+    1 GiB address space, its stack and a malloc arena)."""
+    bomb = textwrap.dedent("""
+        import os, time
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                time.sleep(0.01)
+    """)
+    threads = textwrap.dedent("""
+        import os, pwd, threading
+        stop, started = threading.Event(), 0
+        try:
+            for _ in range(10):
+                threading.Thread(target=stop.wait).start()
+                started += 1
+        finally:
+            stop.set()
+        print(os.getuid(), pwd.getpwuid(os.getuid()).pw_name, started)
+    """)
+    limits = Limits(timeout_s=3, max_processes=16)
+    out: dict = {}
+    bomber = threading.Thread(target=lambda: out.setdefault("bomb", run_python(bomb, limits)))
+    before = len(sandboxed_pids())
+    bomber.start()
+    deadline = time.monotonic() + 2
+    while len(sandboxed_pids()) - before < limits.max_processes - 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(sandboxed_pids()) - before >= limits.max_processes - 2, "the fork bomb never filled its budget"
+    r = run_python(threads, limits)
+    bomber.join()
+    assert out["bomb"].status == "timeout"
+    assert r.passed, r.stderr
+    uid, name, n = r.stdout.split()
+    assert n == "10"
+    if IS_ROOT:
+        assert int(uid) != 0 and name == "sandbox", r.stdout
+        again = run_python("import os; print(os.getuid())")
+        assert again.passed and int(again.stdout) != int(uid), "two samples ran as one uid"
 
 
 @needs_ns
