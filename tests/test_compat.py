@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # 20-31 s on 2 cores (bench/test_times.md): `make test` runs it, test-quick does not
 def test_bridge_imports_without_te_and_leaves_no_placeholder():
     code = (
         "import sys, typing\n"

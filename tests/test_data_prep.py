@@ -196,6 +196,7 @@ def test_language_detection():
     assert language({}) == "unknown"
 
 
+@pytest.mark.slow  # 20-31 s on 2 cores (bench/test_times.md): `make test` runs it, test-quick does not
 def test_dataset_equals_direct_tokenization(built, corpus):
     out, manifest = built
     _, keep, _ = corpus

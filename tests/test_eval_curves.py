@@ -33,6 +33,7 @@ def _save_at(run, src, it: int) -> None:
     (run / "latest_checkpointed_iteration.txt").write_text(str(it))
 
 
+@pytest.mark.slow  # 20-31 s on 2 cores (bench/test_times.md): `make test` runs it, test-quick does not
 @pytest.mark.skipif(probe_namespaces() is not None, reason=f"namespaces unavailable: {probe_namespaces()}")
 def test_iterations_all_new_and_the_curves_report(tmp_path, monkeypatch):
     from conversion.megatron_io import import_hf

@@ -48,6 +48,7 @@ print("layers", cfg.model.num_layers)
 """
 
 
+@pytest.mark.slow  # 20-31 s on 2 cores (bench/test_times.md): `make test` runs it, test-quick does not
 def test_hub_is_never_needed():
     """Building a recipe never reaches for the network, without HF_HUB_OFFLINE (as a user runs it):
     a child process whose every socket connection and name lookup raises builds a 20b recipe."""
