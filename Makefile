@@ -31,7 +31,7 @@ test: setup
 	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 # The edit loop: ruff and the tests that start no training run, no SLURM cluster and no vLLM and are
-# not marked slow (markers: pyproject.toml), about 3 minutes on 2 cores (3:14 measured: bench/test_times.md); `make test` runs them all.
+# not marked slow (markers: pyproject.toml), 3-4 minutes on 2 cores (bench/test_times.md); `make test` runs them all.
 .PHONY: test-quick
 test-quick: setup
 	$(PY) -m ruff check .

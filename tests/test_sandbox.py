@@ -32,6 +32,16 @@ VARIANTS = [
 ]
 
 
+FORK_BOMB = textwrap.dedent("""
+    import os, time
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            time.sleep(0.01)
+""")
+
+
 def sandboxed_pids() -> set[int]:
     """Sample processes: in another PID namespace than ours, running the sandbox's main.py."""
     own = os.readlink("/proc/self/ns/pid")
@@ -127,18 +137,10 @@ def test_detached_children_die_with_the_sample():
 def test_fork_bomb_is_bounded_and_cleaned_up():
     """As root the sample runs as a uid of its own, so RLIMIT_NPROC applies (the kernel never enforces it
     for uid 0); the PID namespace takes every process down when the sample ends."""
-    bomb = textwrap.dedent("""
-        import os, time
-        while True:
-            try:
-                os.fork()
-            except OSError:
-                time.sleep(0.01)
-    """)
     limits = Limits(timeout_s=2, max_processes=16)
     t0 = time.monotonic()
     with PeakCounter() as pc:
-        r = run_python(bomb, limits)
+        r = run_python(FORK_BOMB, limits)
     elapsed = time.monotonic() - t0
     assert r.status == "timeout" and elapsed < 5.0
     # at most max_processes processes of the sample's uid (its pid 1 included)
@@ -154,14 +156,6 @@ def test_a_fork_bomb_leaves_a_concurrent_sample_its_threads():
     /etc/passwd; in a user namespace: its own namespace's count), so a sample that starts 10 threads
     passes while another sample exhausts its 16 processes (10: each thread reserves ~70 MB of the
     1 GiB address space, its stack and a malloc arena)."""
-    bomb = textwrap.dedent("""
-        import os, time
-        while True:
-            try:
-                os.fork()
-            except OSError:
-                time.sleep(0.01)
-    """)
     threads = textwrap.dedent("""
         import os, pwd, threading
         stop, started = threading.Event(), 0
@@ -175,7 +169,7 @@ def test_a_fork_bomb_leaves_a_concurrent_sample_its_threads():
     """)
     limits = Limits(timeout_s=3, max_processes=16)
     out: dict = {}
-    bomber = threading.Thread(target=lambda: out.setdefault("bomb", run_python(bomb, limits)))
+    bomber = threading.Thread(target=lambda: out.setdefault("bomb", run_python(FORK_BOMB, limits)))
     before = len(sandboxed_pids())
     bomber.start()
     deadline = time.monotonic() + 2
