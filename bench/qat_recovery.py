@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -47,22 +46,6 @@ def write_texts(prefix: Path, texts: list[str]) -> None:
         builder.add_document(np.array(enc.encode_ordinary(text) + [EOD_ID], dtype=np.int32), [1])
     builder.finalize(str(prefix) + ".idx")
     (prefix.parent / "manifest.json").write_text(json.dumps({"tokenizer": fingerprint()}))
-
-
-def kl(reference: Path, other: Path, texts: list[str]) -> float:
-    from transformers import AutoModelForCausalLM
-
-    from gptoss.tokenizer import encoding
-
-    ref, oth = (AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval() for d in (reference, other))
-    enc, total, n = encoding(), 0.0, 0
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([enc.encode_ordinary(text)[:256]])
-            p, q = ref(ids).logits.log_softmax(-1), oth(ids).logits.log_softmax(-1)
-            total += torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum").item()
-            n += ids.numel()
-    return total / n
 
 
 def main() -> None:
@@ -106,7 +89,7 @@ def main() -> None:
         "the repetitive training snippets": [doc * 4 for doc in tiny_data.CORPUS],
     }
     for name, texts in sets.items():
-        ptq, qad = kl(base / "start-bf16", base / "start-mxfp4", texts), kl(base / "start-bf16", ws / "qad-mxfp4", texts)
+        ptq, qad = test_qat._kl(base / "start-bf16", base / "start-mxfp4", texts), test_qat._kl(base / "start-bf16", ws / "qad-mxfp4", texts)
         result[name] = {"ptq": round(ptq, 4), "qad": round(qad, 4), "recovered": round((ptq - qad) / ptq, 3)}
     print(json.dumps(result))
     with open(a.out / "results.jsonl", "a") as f:
